@@ -1,0 +1,38 @@
+"""probgen: programmable probabilistic inference in JAX.
+
+``import probgen as pg``. Models and variational families are ``@pg.gen`` functions;
+``pg.vi`` turns programs over them into gradient estimators; ``pg.mc`` holds importance
+sampling, SMC and MCMC; ``pg.diffusion`` and ``pg.flows`` hold score-based and flow
+samplers, all speaking the one kernel protocol (``pg.Kernel``, ``pg.run``); ``pg.train``
+fits, sweeps and checkpoints.
+"""
+
+from probgen.core import (
+    ALL,
+    AddressError,
+    ArgumentError,
+    ChoiceMap,
+    ConstraintError,
+    GenerativeFunction,
+    GenFn,
+    MissingChoiceError,
+    ProbgenError,
+    Selection,
+    StrategyError,
+    Trace,
+    gen,
+    mix,
+    repeat,
+    sample,
+    scan,
+    select,
+    switch,
+    vmap,
+)
+from probgen.distributions import *  # noqa: F401,F403  (Normal, Bernoulli, ..., strategies)
+from probgen.distributions import dist
+from probgen.kernels import Kernel, run
+
+__version__ = "0.1.0"
+
+from probgen import mc  # noqa: E402

@@ -1,0 +1,15 @@
+"""The modeling language: generative functions, traces, choice maps, combinators."""
+
+from probgen.core.choicemap import ALL, ChoiceMap, Selection, select
+from probgen.core.combinators import Scan, Switch, VMap, mix, repeat, scan, switch, vmap
+from probgen.core.errors import (
+    AddressError,
+    ArgumentError,
+    ConstraintError,
+    MissingChoiceError,
+    ProbgenError,
+    StrategyError,
+)
+from probgen.core.gen import GenFn, gen, sample
+from probgen.core.gfi import GenerativeFunction, Mode
+from probgen.core.trace import Trace

@@ -1,0 +1,275 @@
+"""``@pg.gen`` and ``pg.sample``: the modeling language's interpreter.
+
+A ``@pg.gen`` function is ordinary Python/JAX code. While JAX traces one of its
+methods, a handler sits on a (trace-time) stack; each ``pg.sample`` asks the handler
+for a value. The handler draws, reads a constraint, or recurses into a nested
+generative function, and adds log densities up. Nothing of this machinery is left in
+the compiled program: a model costs what the same code written by hand costs.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+from probgen.core import interception
+from probgen.core.choicemap import ChoiceMap, format_address, normalize_address
+from probgen.core.errors import AddressError, ConstraintError, MissingChoiceError, StrategyError
+from probgen.core.gfi import GenerativeFunction, Mode, add_extras, zero
+from probgen.core.trace import Trace
+from probgen.distributions import protocol
+from probgen.distributions.strategies import PATH
+
+_HANDLERS: list["_Handler"] = []
+
+
+def sample(address, target, *args, strategy=None):
+    """Make a named random choice inside a ``@pg.gen`` function.
+
+    Args:
+      address: a string, or a tuple of strings for a hierarchical address.
+      target: a distribution (numpyro, distrax or ``pg.Distribution``) or a
+        generative function, whose choices then nest under ``address``.
+      *args: arguments of ``target`` when it is a generative function.
+      strategy: the gradient strategy for this site (``pg.REPARAM``,
+        ``pg.REINFORCE``, ``pg.ENUM``, ``pg.MVD``, ``pg.IMPLICIT``, ``pg.PATH``);
+        defaults to the distribution's.
+
+    Returns:
+      The value of the choice, or the return value of the nested function.
+
+    Example:
+        >>> import jax, probgen as pg
+        >>> @pg.gen
+        ... def model(mu):
+        ...     z = pg.sample("z", pg.Normal(mu, 1.0))
+        ...     return pg.sample("x", pg.Normal(z, 0.5))
+        >>> tr = model.simulate(jax.random.key(0), 0.0)
+        >>> sorted(tr.choices.addresses())
+        [('x',), ('z',)]
+    """
+    if not _HANDLERS:
+        raise RuntimeError(
+            f"pg.sample({address!r}, ...) was called outside a generative function: decorate "
+            "the function with @pg.gen and run it with simulate / generate / assess / update"
+        )
+    path = normalize_address(address)
+    return _HANDLERS[-1].visit(path, target, args, strategy)
+
+
+class _Handler:
+    """Interprets the sample sites of one execution of a ``@pg.gen`` body."""
+
+    def __init__(self, gf_name: str, key, constraints: ChoiceMap, mode: Mode):
+        self.gf_name = gf_name
+        self.key = key
+        self.constraints = constraints
+        self.mode = mode
+        self.entries: dict[tuple[str, ...], Any] = {}
+        self.score = zero()
+        self.weight = zero()
+        self.extras: dict = {}
+        self.counter = 0
+
+    def __enter__(self):
+        _HANDLERS.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        _HANDLERS.pop()
+        return False
+
+    def _next_key(self):
+        self.counter += 1
+        if self.key is None:
+            return None
+        return jax.random.fold_in(self.key, self.counter)
+
+    def _claim(self, path: tuple[str, ...]) -> None:
+        where = format_address(interception.full_address(path))
+        for existing in self.entries:
+            if existing == path:
+                raise AddressError(
+                    f"address {where!r} is visited twice in one execution of {self.gf_name}; "
+                    "each random choice needs its own address (inside a loop, use the scan "
+                    "or vmap combinator, or put the index in the address)"
+                )
+            shorter, longer = sorted((existing, path), key=len)
+            if longer[: len(shorter)] == shorter:
+                raise AddressError(
+                    f"address {where!r} of {self.gf_name} overlaps {format_address(existing)!r}: "
+                    "an address cannot hold a value and also be the prefix of other choices"
+                )
+
+    def _constraint(self, path: tuple[str, ...]):
+        try:
+            return self.constraints[path]
+        except KeyError:
+            return None
+
+    def visit(self, path, target, args, strategy):
+        self._claim(path)
+        key = self._next_key()
+        if isinstance(target, GenerativeFunction):
+            if strategy is not None:
+                raise StrategyError(
+                    f"strategy= applies to distributions, not to the generative function at "
+                    f"{format_address(interception.full_address(path))!r}; set strategies on its own sites"
+                )
+            return self._visit_gf(path, target, args, key)
+        if protocol.is_distribution(target):
+            if args:
+                raise TypeError(
+                    f"pg.sample at {format_address(path)!r}: extra arguments are only for "
+                    "generative functions, not distributions"
+                )
+            return self._visit_dist(path, target, strategy, key)
+        raise TypeError(
+            f"pg.sample at {format_address(interception.full_address(path))!r} got a "
+            f"{type(target).__name__}; expected a distribution (numpyro, distrax, pg.Distribution) "
+            "or a generative function"
+        )
+
+    def _visit_gf(self, path, gf: GenerativeFunction, args, key):
+        sub = self._constraint(path)
+        if sub is not None and not isinstance(sub, ChoiceMap):
+            raise ConstraintError(
+                f"address {format_address(interception.full_address(path))!r} is a call to "
+                f"{gf.__name__}, but the constraints hold a single value there; give a choice map "
+                "of its inner addresses"
+            )
+        from probgen.core.gfi import check_args
+
+        check_args(gf, args)
+        with interception.address_scope(path):
+            trace, weight = gf._run(key, sub if sub is not None else ChoiceMap(), args, self.mode)
+        self.entries[path] = trace.choices
+        self.score = self.score + trace.score
+        self.weight = self.weight + weight
+        self.extras = add_extras(self.extras, trace.extras)
+        return trace.retval
+
+    def _visit_dist(self, path, dist_like, strategy, key):
+        dist, attached, options = protocol.unwrap(dist_like)
+        strategy = protocol.Strategy(strategy) if strategy is not None else attached
+        strategy = strategy or protocol.default_strategy(dist)
+        full = interception.full_address(path)
+        reason = protocol.strategy_error(dist, strategy)
+        if reason is not None:
+            raise StrategyError(f"sample site {format_address(full)!r}: {reason}")
+        expected = protocol.value_shape(dist)
+        value = self._constraint(path)
+        if isinstance(value, ChoiceMap):
+            raise ConstraintError(
+                f"address {format_address(full)!r} is a primitive sample site, but the constraints "
+                "hold a choice map there"
+            )
+        if value is not None:
+            value = jnp.asarray(value)
+            if tuple(value.shape) != expected:
+                raise ConstraintError(
+                    f"constraint at {format_address(full)!r} has shape {tuple(value.shape)}, but its "
+                    f"distribution {type(dist).__name__} draws values of shape {expected} "
+                    "(batch_shape + event_shape)"
+                )
+        elif self.mode is Mode.ASSESS:
+            raise MissingChoiceError(
+                f"assess of {self.gf_name}: no value for sample site {format_address(full)!r}; "
+                "assess needs every choice (use generate to draw the missing ones)"
+            )
+        lp_dist = jax.tree.map(jax.lax.stop_gradient, dist) if strategy is PATH else dist
+        extras: dict = {}
+        if value is None:
+            value, extras = self._draw(full, dist, strategy, options, key)
+            log_p = protocol.log_density(lp_dist, value)
+        elif self.mode is Mode.GENERATE and "switch" in interception.current_combinators():
+            # Inside a switch branch, a placeholder value (left by a branch not taken
+            # in an earlier trace) counts as absent: draw fresh, add no weight.
+            absent = _is_placeholder(value)
+            fresh, extras = self._draw(full, dist, strategy, options, key)
+            extras = jax.tree.map(lambda e: jnp.where(absent, e, 0.0), extras)
+            value = jnp.where(absent, fresh, value)
+            log_p = protocol.log_density(lp_dist, value)
+            self.weight = self.weight + jnp.where(absent, 0.0, log_p)
+        else:
+            log_p = protocol.log_density(lp_dist, value)
+            self.weight = self.weight + log_p
+        self.entries[path] = value
+        self.score = self.score + log_p
+        self.extras = add_extras(self.extras, extras)
+        return value
+
+    def _draw(self, full, dist, strategy, options, key):
+        interceptor = interception.current_interceptor()
+        if interceptor is not None:
+            site = interception.Site(full, dist, strategy, options, interception.current_combinators())
+            result = interceptor.draw(site, key)
+            if result is not None:
+                return result
+        return protocol.draw(dist, key, protocol.is_pathwise(strategy)), {}
+
+    def choices(self) -> ChoiceMap:
+        return ChoiceMap(self.entries)
+
+
+def placeholder_like(value: jax.Array) -> jax.Array:
+    """The value a switch stores at addresses of branches not taken."""
+    value = jnp.asarray(value)
+    if jnp.issubdtype(value.dtype, jnp.floating):
+        return jnp.full_like(value, jnp.nan)
+    if jnp.issubdtype(value.dtype, jnp.integer):
+        return jnp.full_like(value, jnp.iinfo(value.dtype).min)
+    return jnp.zeros_like(value)
+
+
+def _is_placeholder(value: jax.Array) -> jax.Array:
+    if jnp.issubdtype(value.dtype, jnp.floating):
+        return jnp.all(jnp.isnan(value))
+    if jnp.issubdtype(value.dtype, jnp.integer):
+        return jnp.all(value == jnp.iinfo(value.dtype).min)
+    return jnp.asarray(False)
+
+
+class GenFn(GenerativeFunction):
+    """A generative function defined by a Python function with ``pg.sample`` sites."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        functools.update_wrapper(self, fn)
+        self.__name__ = getattr(fn, "__name__", "gen_fn")
+
+    def _run(self, key, constraints, args, mode):
+        handler = _Handler(self.__name__, key, constraints, mode)
+        with handler:
+            retval = self.fn(*args)
+        trace = Trace(self, args, retval, handler.choices(), handler.score, handler.extras)
+        return trace, handler.weight
+
+    def __call__(self, *args):
+        raise TypeError(
+            f"{self.__name__} is a generative function: call it at an address inside another one "
+            f"(pg.sample('name', {self.__name__}, *args)) or run {self.__name__}.simulate(key, *args)"
+        )
+
+
+def gen(fn: Callable) -> GenFn:
+    """Turn a Python/JAX function with ``pg.sample`` sites into a generative function.
+
+    The result has ``simulate``, ``assess``, ``generate`` and ``update``, all pure and
+    usable under ``jax.jit``, ``jax.vmap`` and ``jax.grad``.
+
+    Example:
+        >>> import jax, probgen as pg
+        >>> @pg.gen
+        ... def normal_normal(mu0):
+        ...     z = pg.sample("z", pg.Normal(mu0, 1.0))
+        ...     pg.sample("x", pg.Normal(z, 1.0))
+        ...     return z
+        >>> log_p, _ = jax.jit(normal_normal.assess)({"z": 0.0, "x": 0.0}, 0.0)
+        >>> round(float(log_p), 4)
+        -1.8379
+    """
+    return GenFn(fn)

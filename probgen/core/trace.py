@@ -1,0 +1,68 @@
+"""Traces: the record of one execution of a generative function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from probgen.core.choicemap import Address, ChoiceMap
+
+
+@jax.tree_util.register_pytree_node_class
+class Trace:
+    """One execution of a generative function: its choices, return value and score.
+
+    Attributes:
+      gf: the generative function that made it (static).
+      args: the arguments it was run with.
+      retval: the return value.
+      choices: a :class:`ChoiceMap` of every random choice.
+      score: ``log p(choices; args)``, the log joint density of the choices.
+      extras: per-estimator sums collected from sites by ``pg.vi`` (empty otherwise).
+
+    Example:
+        >>> import jax, probgen as pg
+        >>> @pg.gen
+        ... def model():
+        ...     return pg.sample("z", pg.Normal(0.0, 1.0))
+        >>> tr = model.simulate(jax.random.key(0))
+        >>> bool(tr["z"] == tr.retval)
+        True
+    """
+
+    __slots__ = ("gf", "args", "retval", "choices", "score", "extras")
+
+    def __init__(self, gf, args, retval, choices, score, extras=None):
+        self.gf = gf
+        self.args = args
+        self.retval = retval
+        self.choices = choices
+        self.score = score
+        self.extras = {} if extras is None else extras
+
+    def tree_flatten(self):
+        return (self.args, self.retval, self.choices, self.score, self.extras), self.gf
+
+    @classmethod
+    def tree_unflatten(cls, gf, children):
+        return cls(gf, *children)
+
+    def __getitem__(self, address: Address) -> Any:
+        return self.choices[address]
+
+    def get_choices(self) -> ChoiceMap:
+        return self.choices
+
+    def get_score(self):
+        return self.score
+
+    def get_retval(self):
+        return self.retval
+
+    def get_args(self):
+        return self.args
+
+    def __repr__(self) -> str:
+        name = getattr(self.gf, "__name__", type(self.gf).__name__)
+        return f"Trace({name}, choices={self.choices!r})"

@@ -1,0 +1,44 @@
+"""Primitive random choices: one protocol over numpyro, distrax and user distributions.
+
+The common families are re-exported from ``numpyro.distributions`` (``pg.Normal``,
+``pg.Bernoulli``, ...); the whole numpyro catalogue is ``pg.dist``; distrax
+distributions work at a sample site as they are.
+"""
+
+import numpyro.distributions as dist  # the full catalogue: pg.dist.<Family>
+from numpyro.distributions import (
+    Bernoulli,
+    Beta,
+    Binomial,
+    Categorical,
+    Cauchy,
+    Delta,
+    Dirichlet,
+    Exponential,
+    Gamma,
+    Geometric,
+    HalfNormal,
+    Laplace,
+    LogNormal,
+    MultivariateNormal,
+    Normal,
+    Poisson,
+    StudentT,
+    Uniform,
+)
+
+from probgen.distributions.protocol import (
+    Distribution,
+    WithStrategy,
+    default_strategy,
+    with_strategy,
+)
+from probgen.distributions.strategies import (
+    ENUM,
+    IMPLICIT,
+    MVD,
+    PATH,
+    REINFORCE,
+    REPARAM,
+    Strategy,
+)
