@@ -35,4 +35,4 @@ from probgen.kernels import Kernel, run
 
 __version__ = "0.1.0"
 
-from probgen import mc  # noqa: E402
+from probgen import diffusion, flows, mc, train, vi  # noqa: E402,F401

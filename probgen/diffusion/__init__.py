@@ -1,0 +1,1 @@
+"""probgen.diffusion (being built)."""

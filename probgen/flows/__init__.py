@@ -1,0 +1,1 @@
+"""probgen.flows (being built)."""

@@ -1,0 +1,1 @@
+"""probgen.train (being built)."""

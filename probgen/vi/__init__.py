@@ -1,0 +1,1 @@
+"""probgen.vi (being built)."""
