@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgen.core import interception
 from probgen.core.choicemap import EMPTY, ChoiceMap, as_choicemap, format_address
 from probgen.core.errors import ArgumentError, ConstraintError
 from probgen.core.trace import Trace
@@ -55,6 +56,7 @@ class GenerativeFunction:
         """
         check_args(self, args)
         trace, _ = self._run(key, EMPTY, args, Mode.SIMULATE)
+        interception.report_trace(trace)
         return trace
 
     def assess(self, choices: ChoiceMap | dict, *args: Any) -> tuple[jax.Array, Any]:
@@ -73,6 +75,7 @@ class GenerativeFunction:
         choices = as_choicemap(choices)
         trace, weight = self._run(None, choices, args, Mode.ASSESS)
         check_consumed(self, choices, trace.choices)
+        interception.report_trace(trace)
         return trace.score, trace.retval
 
     def generate(self, key: jax.Array, constraints: ChoiceMap | dict, *args: Any) -> tuple[Trace, jax.Array]:
@@ -95,6 +98,7 @@ class GenerativeFunction:
         constraints = as_choicemap(constraints)
         trace, weight = self._run(key, constraints, args, Mode.GENERATE)
         check_consumed(self, constraints, trace.choices)
+        interception.report_trace(trace)
         return trace, weight
 
     def update(
@@ -127,6 +131,7 @@ class GenerativeFunction:
         replaced = trace.choices.filter(constraints.addresses())
         dropped = [a for a in trace.choices.addresses() if a not in new_trace.choices]
         discarded = replaced.merge(trace.choices.filter(dropped)) if dropped else replaced
+        interception.report_trace(new_trace)
         return new_trace, weight - trace.score, discarded
 
     # Convenience so that ``gf.simulate`` etc. can be jitted with the GF closed over.

@@ -7,7 +7,9 @@ An interceptor is any object with a method
 ``draw(site: Site, key) -> (value, extras) | None``. ``extras`` is a dict of scalar
 arrays that the traces sum up (through every combinator, ``scan`` included), which is
 how an estimator collects per-site terms without side channels across ``lax.scan``.
-Returning None leaves the site to the default draw.
+Returning None leaves the site to the default draw. An interceptor may also define
+``on_trace(trace)``: the public methods ``simulate``/``generate``/``update``/``assess``
+report every trace they return to it (combinators, which call ``_run``, do not).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def intercept(interceptor: Any) -> Iterator[None]:
         yield
     finally:
         _INTERCEPTORS.pop()
+
+
+def report_trace(trace: Any) -> None:
+    """Tell the current interceptor (if it has ``on_trace``) that a public GF method made ``trace``."""
+    if _INTERCEPTORS and hasattr(_INTERCEPTORS[-1], "on_trace"):
+        _INTERCEPTORS[-1].on_trace(trace)
 
 
 def current_interceptor() -> Any | None:
