@@ -36,3 +36,4 @@ from probgen.kernels import Kernel, run
 __version__ = "0.1.0"
 
 from probgen import diffusion, flows, mc, train, vi  # noqa: E402,F401
+from probgen.train import fit, resume, sweep  # noqa: E402

@@ -1,0 +1,453 @@
+"""The training loop: optax optimization as jitted ``lax.scan`` chunks.
+
+Every step ``i`` draws its PRNG key as ``fold_in(loss_key, i)`` and its minibatch as a
+function of ``(data_key, i)`` (:mod:`probgen.train.data`), so where the loop is cut into
+chunks, or stopped and resumed from a checkpoint, does not change a single bit.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from probgen.train import checkpoint as ckpt
+from probgen.train.data import BatchSpec, batch_indices, batch_spec, epoch_permutation, take_batch
+from probgen.train.errors import NonFiniteLossError
+from probgen.train.progress import progress_bar
+from probgen.train.state import FitResult, FitState
+
+LossFn = Callable[..., Any]
+
+
+def _split_outputs(out: Any) -> tuple[jax.Array, dict]:
+    if isinstance(out, tuple):
+        if len(out) != 2 or not isinstance(out[1], dict):
+            raise TypeError(
+                "loss_fn must return a scalar loss or (loss, metrics_dict); got a tuple of "
+                f"length {len(out)}"
+            )
+        loss, metrics = out
+    else:
+        loss, metrics = out, {}
+    if jnp.shape(loss) != ():
+        raise TypeError(f"loss_fn must return a scalar loss; got shape {jnp.shape(loss)}")
+    for name, value in metrics.items():
+        if not isinstance(name, str) or name == "loss":
+            raise TypeError(f"loss_fn metrics keys must be strings other than 'loss'; got {name!r}")
+        if jnp.shape(value) != ():
+            raise TypeError(f"loss_fn metric {name!r} must be a scalar; got shape {jnp.shape(value)}")
+    return jnp.asarray(loss), metrics
+
+
+def _run_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The loss key and data key of a run, both fixed functions of the base key."""
+    return jax.random.fold_in(key, 0), jax.random.fold_in(key, 1)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, state: FitState, ok, data):
+    """Run ``length`` steps from ``state``; freeze the state at the first non-finite step.
+
+    Returns ``((state, ok), (loss, metrics, finite))`` with per-step outputs.
+    """
+    loss_key, data_key = _run_keys(state.key)
+    epoch_batching = spec.batch_size is not None and spec.batching == "epoch"
+    steps_per_epoch = spec.num_examples // spec.batch_size if epoch_batching else 1
+
+    def value_and_grad(params, key, batch):
+        def objective(p):
+            return _split_outputs(loss_fn(p, key, batch))
+
+        return jax.value_and_grad(objective, has_aux=True)(params)
+
+    def body(carry, _):
+        state, ok, permutation = carry
+        step = state.step
+        if spec.batch_size is None:
+            batch = data
+        else:
+            if epoch_batching:
+                permutation = jax.lax.cond(
+                    step % steps_per_epoch == 0,
+                    lambda: epoch_permutation(data_key, step, spec),
+                    lambda: permutation,
+                )
+            batch = take_batch(data, batch_indices(data_key, step, spec, permutation))
+            if sharding is not None:
+                batch = jax.lax.with_sharding_constraint(batch, sharding)
+        (loss, metrics), grads = value_and_grad(state.params, jax.random.fold_in(loss_key, step), batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.isfinite(loss) & _all_finite(grads)
+        keep_going = ok & finite
+        new_state = FitState(params, opt_state, step + 1, state.key)
+        # After the first non-finite step the state stays as it entered that step.
+        new_state = jax.tree.map(
+            lambda new, old: jnp.where(keep_going, new, old), new_state, state
+        )
+        return (new_state, keep_going, permutation), (loss, metrics, finite)
+
+    if epoch_batching:
+        permutation = epoch_permutation(data_key, state.step, spec)
+    else:
+        permutation = jnp.zeros((0,), jnp.int32)
+    (state, ok, _), outputs = jax.lax.scan(body, (state, ok, permutation), None, length=length)
+    return (state, ok), outputs
+
+
+_jit_chunk = jax.jit(_scan_chunk, static_argnums=(0, 1, 2, 3, 4), donate_argnums=())
+
+
+def _history(outputs) -> dict:
+    loss, metrics, _ = outputs
+    return {"loss": loss, **metrics}
+
+
+def _check_step_counts(steps: int, name: str = "steps") -> None:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"{name} must be a positive int, got {steps!r}")
+
+
+def optimize(
+    loss_fn: LossFn,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    *,
+    data: Any = None,
+    steps: int,
+    batch_size: int | None = None,
+    batching: str = "epoch",
+) -> FitResult:
+    """Pure training run: ``steps`` optax steps in one ``lax.scan`` (jit- and vmap-able).
+
+    This is :func:`fit` without progress, checkpoints or the NaN exception, so it can be
+    traced: use it (or ``fit``, which switches to it when called under ``jit``/``vmap``)
+    inside :func:`probgen.train.sweep`. A non-finite loss freezes the state at that step
+    and shows up as NaN / inf in ``history["loss"]``; ``result.step`` says where it stopped.
+
+    Args:
+      loss_fn: ``loss_fn(params, key, batch) -> loss`` or ``-> (loss, metrics_dict)``
+        with scalar loss and metrics; ``batch`` is ``None`` when ``data`` is ``None``.
+      params: initial parameters (pytree of float arrays).
+      optimizer: an ``optax.GradientTransformation`` (use ``optax.inject_hyperparams``
+        to make the learning rate a traced, sweepable value).
+      key: the run's base PRNG key.
+      data: ``None`` or a pytree of arrays with a leading example axis.
+      steps: number of optimization steps (static int).
+      batch_size: minibatch size; ``None`` uses all of ``data`` every step.
+      batching: ``"epoch"`` (shuffle each epoch) or ``"random"`` (with replacement).
+
+    Returns:
+      A :class:`FitResult`; its history arrays have a leading axis of ``steps``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> from probgen.train import optimize
+        >>> loss = lambda p, key, batch: jnp.sum((p - 3.0) ** 2)
+        >>> result = jax.jit(lambda lr: optimize(loss, jnp.zeros(()), optax.sgd(lr),
+        ...     jax.random.key(0), steps=100))(0.1)
+        >>> round(float(result.params), 4), result.history["loss"].shape
+        (3.0, (100,))
+    """
+    _check_step_counts(steps)
+    spec = batch_spec(data, batch_size, batching)
+    params = _strong(params)
+    state = FitState(params, optimizer.init(params), jnp.asarray(0, jnp.int32), key)
+    (state, _), outputs = _scan_chunk(loss_fn, optimizer, spec, None, int(steps), state, jnp.asarray(True), data)
+    return FitResult(state.params, state.opt_state, _history(outputs), state.step, state.key)
+
+
+def _strong(params: Any) -> Any:
+    """Arrays with a concrete dtype (Python floats are weakly typed, which scan rejects)."""
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), params)
+
+
+def _is_traced(*trees) -> bool:
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(trees))
+
+
+def _data_parallel(data, params, opt_state, key, mesh, data_axis):
+    """Shard data over ``mesh``'s ``data_axis``; replicate params, optimizer state and key."""
+    from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
+
+    if data_axis not in mesh.axis_names:
+        raise ValueError(f"data_axis {data_axis!r} is not an axis of the mesh {mesh.axis_names}")
+    replicated = NamedSharding(mesh, PartitionSpec())
+    batch_sharding = NamedSharding(mesh, PartitionSpec(data_axis))
+    count = mesh.shape[data_axis]
+    for path, leaf in jax.tree.flatten_with_path(data)[0]:
+        if jnp.shape(leaf)[0] % count:
+            raise ValueError(
+                f"data{jax.tree_util.keystr(path)} has {jnp.shape(leaf)[0]} examples, not a "
+                f"multiple of the {count} devices on mesh axis {data_axis!r}"
+            )
+    data = jax.device_put(data, batch_sharding)
+    params, opt_state, key = jax.device_put((params, opt_state, key), replicated)
+    return data, params, opt_state, key, batch_sharding
+
+
+def _run_config(spec: BatchSpec) -> dict:
+    """The settings a resumed run must share with the original for bitwise equality."""
+    return {"num_examples": spec.num_examples, "batch_size": spec.batch_size, "batching": spec.batching}
+
+
+def _run_chunks(
+    loss_fn, optimizer, spec, data, state: FitState, history: dict, steps: int, *,
+    chunk_size: int, progress, checkpoint_dir, checkpoint_every, max_to_keep, batch_sharding,
+) -> FitResult:
+    start = int(state.step)
+    if start > steps:
+        raise ValueError(f"the run is already at step {start}, past steps={steps}")
+    bar = progress_bar(progress, steps, start)
+    pieces = {k: [np.asarray(v)] for k, v in history.items()}
+    ok = jnp.asarray(True)
+
+    def joined():
+        return {k: np.concatenate(v) for k, v in pieces.items()}
+
+    def save(state):
+        if checkpoint_dir is not None:
+            ckpt.save_checkpoint(checkpoint_dir, state, joined(), max_to_keep=max_to_keep,
+                                 run_config=_run_config(spec))
+
+    done = start
+    try:
+        while done < steps:
+            length = min(chunk_size, steps - done)
+            if checkpoint_every:
+                length = min(length, checkpoint_every - done % checkpoint_every)
+            (new_state, ok), outputs = _jit_chunk(
+                loss_fn, optimizer, spec, batch_sharding, length, state, ok, data
+            )
+            chunk_history = {k: np.asarray(v) for k, v in _history(outputs).items()}
+            finite = np.asarray(outputs[2])
+            if not finite.all():
+                bad = int(np.argmin(finite))
+                for k, v in chunk_history.items():
+                    pieces.setdefault(k, []).append(v[:bad])
+                losses = np.concatenate(pieces["loss"])
+                last = float(losses[-1]) if losses.size else None
+                what = "loss" if not np.isfinite(chunk_history["loss"][bad]) else "gradient"
+                result = FitResult(new_state.params, new_state.opt_state, joined(), new_state.step, new_state.key)
+                raise NonFiniteLossError(
+                    f"fit: the {what} became non-finite at step {done + bad} "
+                    f"(loss={chunk_history['loss'][bad]}); last finite loss: "
+                    f"{last if last is not None else 'none (first step)'}"
+                    f"{' at step ' + str(done + bad - 1) if last is not None else ''}. "
+                    "The state entering that step is in err.result.",
+                    step=done + bad,
+                    last_finite_loss=last,
+                    result=result,
+                )
+            for k, v in chunk_history.items():
+                pieces.setdefault(k, []).append(v)
+            state = new_state
+            done += length
+            if bar is not None:
+                bar.update(length)
+                bar.set_postfix(loss=f"{chunk_history['loss'][-1]:.4g}")
+            if checkpoint_every and (done % checkpoint_every == 0 or done == steps):
+                save(state)
+    except KeyboardInterrupt:
+        # Keep the last completed chunk: resume() continues from it bit-for-bit.
+        if done > start and (not checkpoint_every or done % checkpoint_every):
+            save(state)
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    history = joined() if pieces else {}
+    return FitResult(state.params, state.opt_state, history, state.step, state.key)
+
+
+def fit(
+    loss_fn: LossFn,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    key: jax.Array,
+    *,
+    data: Any = None,
+    steps: int,
+    batch_size: int | None = None,
+    batching: str = "epoch",
+    chunk_size: int = 100,
+    progress: bool | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    max_to_keep: int | None = 3,
+    mesh: Any = None,
+    data_axis: str = "data",
+) -> FitResult:
+    """Fit ``params`` by minimizing ``loss_fn`` with an optax optimizer.
+
+    Steps run in jitted ``lax.scan`` chunks of ``chunk_size`` (one dispatch per chunk);
+    the progress bar and NaN check run between chunks. Step ``i`` uses the key
+    ``fold_in(fold_in(key, 0), i)`` and a minibatch chosen from ``(key, i)`` only, so the
+    result does not depend on ``chunk_size`` or on stopping and :func:`resume`-ing.
+
+    Called under ``jit`` / ``vmap`` (e.g. inside :func:`probgen.train.sweep`) it runs as
+    :func:`optimize`: one scan, no progress bar, checkpoints or exception.
+
+    Args:
+      loss_fn: ``loss_fn(params, key, batch)`` returning a scalar loss, or
+        ``(loss, metrics)`` with a dict of scalar metrics recorded in the history.
+      params: initial parameters (pytree of float arrays).
+      optimizer: ``optax.GradientTransformation``.
+      key: base PRNG key of the run.
+      data: ``None`` or a pytree of in-memory arrays with a leading example axis.
+      steps: total number of steps.
+      batch_size: minibatch size (``None``: the whole data set each step).
+      batching: ``"epoch"`` (a permutation per epoch, remainder dropped) or ``"random"``.
+      chunk_size: steps per compiled chunk (progress and NaN checks happen between chunks).
+      progress: ``True`` / ``False`` / ``None`` (show only in a terminal or notebook, not CI).
+      checkpoint_dir: folder for orbax checkpoints (``None``: no checkpoints).
+      checkpoint_every: save every this many steps, at the end, and on ``KeyboardInterrupt``.
+      max_to_keep: how many checkpoints to keep (``None``: all).
+      mesh: a ``jax.sharding.Mesh`` for data-parallel training: data and each minibatch
+        are sharded over ``data_axis``, parameters replicated. The same code runs on one
+        device (a 1-device mesh) or many; see :mod:`probgen.train.sharding`.
+      data_axis: the mesh axis that shards the example / batch axis.
+
+    Returns:
+      A :class:`FitResult` (final params, optimizer state, history dict of numpy arrays
+      of length ``steps``, step, key).
+
+    Raises:
+      NonFiniteLossError: the loss or a gradient became NaN / inf; the error names the
+        step and the last finite loss, and ``err.result`` holds the last good state.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax
+        >>> import probgen as pg
+        >>> data = {"x": jnp.linspace(-1, 1, 64)}
+        >>> def loss(params, key, batch):
+        ...     residual = batch["x"] * 2.0 + 1.0 - (params["w"] * batch["x"] + params["b"])
+        ...     return jnp.mean(residual ** 2), {"w": params["w"]}
+        >>> result = pg.train.fit(loss, {"w": 0.0, "b": 0.0}, optax.adam(0.1), jax.random.key(0),
+        ...                       data=data, steps=300, batch_size=16, progress=False)
+        >>> round(float(result.params["w"]), 2), result.history["loss"].shape
+        (2.0, (300,))
+    """
+    _check_step_counts(steps)
+    _check_step_counts(chunk_size, "chunk_size")
+    if checkpoint_every is not None:
+        _check_step_counts(checkpoint_every, "checkpoint_every")
+        if checkpoint_dir is None:
+            raise ValueError("checkpoint_every was given without checkpoint_dir")
+    elif checkpoint_dir is not None:
+        checkpoint_every = steps
+    params = _strong(params)
+    if _is_traced(params, key, data):
+        if checkpoint_dir is not None:
+            raise ValueError(
+                "fit was called under jit/vmap (e.g. in a sweep), where it cannot write "
+                "checkpoints; drop checkpoint_dir"
+            )
+        return optimize(loss_fn, params, optimizer, key, data=data, steps=steps,
+                        batch_size=batch_size, batching=batching)
+    spec = batch_spec(data, batch_size, batching)
+    opt_state = optimizer.init(params)
+    batch_sharding = None
+    if mesh is not None:
+        if data is None:
+            raise ValueError("mesh was given but there is no data to shard")
+        data, params, opt_state, key, batch_sharding = _data_parallel(
+            data, params, opt_state, key, mesh, data_axis
+        )
+    state = FitState(params, opt_state, jnp.asarray(0, jnp.int32), key)
+    return _run_chunks(
+        loss_fn, optimizer, spec, data, state, {}, steps,
+        chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
+    )
+
+
+def resume(
+    loss_fn: LossFn,
+    params: Any,
+    optimizer: optax.GradientTransformation,
+    checkpoint_dir: str | os.PathLike,
+    *,
+    data: Any = None,
+    steps: int,
+    batch_size: int | None = None,
+    batching: str = "epoch",
+    chunk_size: int = 100,
+    progress: bool | None = None,
+    checkpoint_every: int | None = None,
+    max_to_keep: int | None = 3,
+    step: int | None = None,
+    mesh: Any = None,
+    data_axis: str = "data",
+) -> FitResult:
+    """Continue a :func:`fit` run from its checkpoint, bit-for-bit as if never stopped.
+
+    Restores params, optimizer state, base key, step and history from ``checkpoint_dir``
+    and runs on to ``steps`` total steps with the same settings (``data``, ``batch_size``,
+    ``batching`` and ``optimizer`` must be those of the original run).
+
+    Args:
+      loss_fn, optimizer, data, batch_size, batching, chunk_size, progress, mesh,
+        data_axis: as in :func:`fit`.
+      params: parameters with the saved structure, shapes and dtypes (values unused),
+        e.g. the initial parameters of the original run.
+      checkpoint_dir: the folder the original run checkpointed into; new checkpoints go
+        there too.
+      steps: the *total* number of steps of the run (not the number still to do).
+      checkpoint_every: as in :func:`fit` (``None``: only at the end).
+      max_to_keep: as in :func:`fit`.
+      step: which saved step to restore (``None``: the latest).
+
+    Returns:
+      A :class:`FitResult` whose history covers all ``steps`` steps.
+
+    Raises:
+      CheckpointError, CheckpointMismatchError: no, corrupted or mismatched checkpoint.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, optax, tempfile
+        >>> import probgen as pg
+        >>> loss = lambda p, key, batch: jnp.sum((p - 1.0) ** 2)
+        >>> folder = tempfile.mkdtemp()
+        >>> half = pg.train.fit(loss, jnp.zeros(2), optax.sgd(0.1), jax.random.key(0), steps=5,
+        ...                     checkpoint_dir=folder, progress=False)
+        >>> rest = pg.train.resume(loss, jnp.zeros(2), optax.sgd(0.1), folder, steps=10, progress=False)
+        >>> int(rest.step), rest.history["loss"].shape
+        (10, (10,))
+    """
+    _check_step_counts(steps)
+    _check_step_counts(chunk_size, "chunk_size")
+    if checkpoint_every is not None:
+        _check_step_counts(checkpoint_every, "checkpoint_every")
+    else:
+        checkpoint_every = steps
+    params = _strong(params)
+    spec = batch_spec(data, batch_size, batching)
+    opt_state = optimizer.init(params)
+    key = jax.random.key(0)
+    batch_sharding = None
+    if mesh is not None:
+        data, params, opt_state, key, batch_sharding = _data_parallel(
+            data, params, opt_state, key, mesh, data_axis
+        )
+    state, history = ckpt.restore_checkpoint(
+        checkpoint_dir, params, opt_state, step, run_config=_run_config(spec)
+    )
+    if mesh is not None:
+        state = state._replace(key=jax.device_put(state.key, key.sharding))
+    return _run_chunks(
+        loss_fn, optimizer, spec, data, state, history, steps,
+        chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
+        checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
+    )
