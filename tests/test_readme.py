@@ -1,0 +1,26 @@
+"""The README's quick start runs and reaches the exact posterior."""
+
+import pathlib
+import re
+
+import numpy as np
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_quick_start_runs_and_is_exact(capsys):
+    text = README.read_text()
+    section = text.split("## Quick start", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(code, "README quick start", "exec"), namespace)
+    params = namespace["result"].params
+    # conjugate posterior of z given x=1: variance 1/(1 + 4) = 0.2, mean 0.2 * 4 * 1 = 0.8
+    assert np.isclose(float(params["mu"]), 0.8, atol=1e-3)
+    assert np.isclose(float(np.exp(params["log_sigma"])), np.sqrt(0.2), atol=1e-3)
+
+
+def test_readme_shows_the_two_commands_first():
+    text = README.read_text()
+    first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
+    assert "make demo" in first_block and "make test" in first_block
