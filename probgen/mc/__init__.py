@@ -1,9 +1,23 @@
-"""Monte Carlo: importance sampling, SMC, resampling, tempering and MCMC moves."""
+"""Monte Carlo: importance sampling, SMC, resampling, tempering and MCMC moves.
 
+Every sampler is a :class:`pg.Kernel` (``init``, ``step``) with NamedTuple states and
+infos, driven by :func:`pg.run`; particles carry a leading particle axis.
+"""
+
+from probgen.mc.importance import (
+    ImportanceResult,
+    importance_resampling,
+    importance_sampling,
+    importance_weight,
+)
+from probgen.mc.mcmc import MCMCInfo, hmc, hmc_proposal, mala, mala_proposal, mh, regenerate, rw_proposal
+from probgen.mc.objectives import smc_objective
+from probgen.mc.replay import replay_generate
 from probgen.mc.resampling import (
     SCHEMES,
     ess,
     log_mean_exp,
+    maybe_resample,
     multinomial,
     normalize,
     resample,
@@ -11,3 +25,21 @@ from probgen.mc.resampling import (
     stratified,
     systematic,
 )
+from probgen.mc.smc import ParticleState, SMCInfo, SMCResult, particle_filter, smc
+from probgen.mc.tempering import (
+    TemperedInfo,
+    TemperedResult,
+    TemperedState,
+    next_beta,
+    tempered_smc,
+    tempered_smc_kernel,
+)
+
+__all__ = [
+    "ImportanceResult", "MCMCInfo", "ParticleState", "SCHEMES", "SMCInfo", "SMCResult", "TemperedInfo",
+    "TemperedResult", "TemperedState", "ess", "hmc", "hmc_proposal", "importance_resampling",
+    "importance_sampling", "importance_weight", "log_mean_exp", "mala", "mala_proposal", "maybe_resample",
+    "mh", "multinomial", "next_beta", "normalize", "particle_filter", "regenerate", "replay_generate",
+    "resample", "residual", "rw_proposal", "smc", "smc_objective", "stratified", "systematic",
+    "tempered_smc", "tempered_smc_kernel",
+]

@@ -1,0 +1,52 @@
+"""Trace-time argument checks shared by the samplers (clear errors naming the argument)."""
+
+from __future__ import annotations
+
+import jax
+
+from probgen.core.choicemap import ChoiceMap, format_address
+from probgen.core.gfi import GenerativeFunction
+
+
+def check_num_particles(num_particles, where: str) -> None:
+    """``num_particles`` must be a static positive int."""
+    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
+        raise ValueError(f"{where}: num_particles must be a positive int, got {num_particles!r}")
+
+
+def check_gf(gf, name: str, where: str) -> None:
+    if not isinstance(gf, GenerativeFunction):
+        raise TypeError(f"{where}: {name} must be a generative function (@pg.gen), got {type(gf).__name__}")
+
+
+def check_proposal_covers(proposal_choices: ChoiceMap, model_choices: ChoiceMap, observations: ChoiceMap,
+                          model_name: str, proposal_name: str, where: str) -> None:
+    """The proposal must propose exactly the model's latent (unobserved) addresses."""
+    observed = set(observations.addresses())
+    latents = [a for a in model_choices.addresses() if a not in observed]
+    proposed = set(proposal_choices.addresses())
+    missing = [a for a in latents if a not in proposed]
+    if missing:
+        raise ValueError(
+            f"{where}: proposal {proposal_name} does not propose the latent address(es) "
+            f"{', '.join(repr(format_address(a)) for a in missing)} of {model_name}; a custom proposal "
+            f"must cover every unobserved choice (it proposes: "
+            f"{', '.join(format_address(a) for a in sorted(proposed)) or 'none'})"
+        )
+    clash = [a for a in proposed if a in observed]
+    if clash:
+        raise ValueError(
+            f"{where}: proposal {proposal_name} proposes observed address(es) "
+            f"{', '.join(repr(format_address(a)) for a in clash)}; propose latent choices only"
+        )
+    extra = [a for a in proposed if a not in set(model_choices.addresses())]
+    if extra:
+        raise ValueError(
+            f"{where}: proposal {proposal_name} proposes address(es) "
+            f"{', '.join(repr(format_address(a)) for a in extra)} that {model_name} does not have"
+        )
+
+
+def shapes_of(fn, *args):
+    """``jax.eval_shape`` that also works on pytrees holding keys."""
+    return jax.eval_shape(fn, *args)

@@ -1,0 +1,104 @@
+"""Particle filters on a linear-Gaussian SSM against the exact Kalman filter."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import probgen as pg
+from tests.mc.lgssm import kalman, lg_step, optimal_proposal, simulate
+
+T = 100
+YS = simulate(0, T)
+KF_MEANS, KF_VARS, KF_LOGZ = kalman(YS)
+MODEL = pg.scan(lg_step, length=T)
+OBS = {"y": jnp.asarray(YS)}
+
+
+@functools.partial(jax.jit, static_argnames=("num_particles", "scheme", "threshold", "optimal", "rejuvenate"))
+def run_pf(key, num_particles, scheme="systematic", threshold=0.5, optimal=False, rejuvenate=False):
+    return pg.mc.smc(
+        key, MODEL, OBS, 0.0, num_particles=num_particles, ess_threshold=threshold, scheme=scheme,
+        proposal=optimal_proposal if optimal else None,
+        rejuvenation=pg.mc.mh(pg.select("z"), scale=0.5) if rejuvenate else None,
+    )
+
+
+def batched_log_evidence(seed, reps, **kw):
+    keys = jax.random.split(jax.random.key(seed), reps)
+    return np.asarray(jax.vmap(lambda k: run_pf(k, **kw).log_evidence)(keys), np.float64)
+
+
+@pytest.mark.parametrize("scheme,threshold", [("systematic", 0.5), ("multinomial", 1.0), ("stratified", 0.5),
+                                              ("residual", 0.3)])
+def test_evidence_is_unbiased_for_kalman(scheme, threshold):
+    log_z = batched_log_evidence(1, 64, num_particles=1024, scheme=scheme, threshold=threshold)
+    ratio = np.exp(log_z - KF_LOGZ)
+    se = ratio.std(ddof=1) / np.sqrt(ratio.size)
+    assert abs(ratio.mean() - 1.0) <= 4 * se, (ratio.mean(), se)
+    assert np.std(log_z) < 0.8  # sanity: the ratio's standard error is meaningful
+
+
+def test_optimal_proposal_evidence_unbiased_and_lower_variance():
+    log_z_opt = batched_log_evidence(2, 64, num_particles=128, optimal=True)
+    ratio = np.exp(log_z_opt - KF_LOGZ)
+    assert abs(ratio.mean() - 1.0) <= 4 * ratio.std(ddof=1) / np.sqrt(ratio.size)
+    log_z_boot = batched_log_evidence(3, 64, num_particles=128)
+    assert np.var(log_z_opt) < np.var(log_z_boot)
+
+
+def filtering_z_scores(result):
+    z = np.asarray(result.states.choices["z"], np.float64)         # (T, N)
+    w = np.asarray(jax.vmap(pg.mc.normalize)(result.states.log_weights), np.float64)
+    mean = np.sum(w * z, axis=1)
+    ess_t = 1.0 / np.sum(w**2, axis=1)
+    # Standard error of a weighted mean with posterior variance P_t and ESS_t particles.
+    return (mean - KF_MEANS) / np.sqrt(KF_VARS / ess_t)
+
+
+def test_filtering_means_match_kalman():
+    result = run_pf(jax.random.key(4), num_particles=2000)
+    scores = filtering_z_scores(result)
+    assert np.max(np.abs(scores)) < 4.5, np.max(np.abs(scores))
+    # Weighted variances too (loosely: within 10% of the Kalman variances on average).
+    z = np.asarray(result.states.choices["z"], np.float64)
+    w = np.asarray(jax.vmap(pg.mc.normalize)(result.states.log_weights), np.float64)
+    var = np.sum(w * (z - np.sum(w * z, 1, keepdims=True)) ** 2, axis=1)
+    assert abs(np.mean(var / KF_VARS) - 1.0) < 0.05
+    assert result.infos.resampled.dtype == jnp.bool_ and 0 < int(result.infos.resampled.sum()) <= T
+
+
+def test_rejuvenation_keeps_filtering_correct():
+    result = run_pf(jax.random.key(5), num_particles=2000, rejuvenate=True)
+    assert np.max(np.abs(filtering_z_scores(result))) < 4.5
+    assert 0.2 < float(result.infos.acceptance.mean()) < 1.0
+
+
+def test_kernel_steps_match_smc_and_vmap_over_keys():
+    pf = pg.mc.particle_filter(MODEL, OBS, 0.0, num_particles=64)
+    state, info = jax.jit(lambda k: pg.run(pf, k, pf.init(), T))(jax.random.key(6))
+    direct = run_pf(jax.random.key(6), num_particles=64)
+    assert int(state.step) == T
+    np.testing.assert_allclose(state.log_evidence, direct.log_evidence, rtol=1e-5)
+
+
+def test_bad_inputs_raise_clear_errors():
+    with pytest.raises(ValueError, match="num_particles must be a positive int"):
+        pg.mc.smc(jax.random.key(0), MODEL, OBS, 0.0, num_particles=0)
+    with pytest.raises(ValueError, match="ess_threshold must lie in"):
+        pg.mc.smc(jax.random.key(0), MODEL, OBS, 0.0, num_particles=8, ess_threshold=0.0)
+    with pytest.raises(ValueError, match="ess_threshold must lie in"):
+        pg.mc.smc(jax.random.key(0), MODEL, OBS, 0.0, num_particles=8, ess_threshold=1.2)
+
+    @pg.gen
+    def wrong_proposal(z_prev, _, obs):
+        pg.sample("w", pg.Normal(z_prev, 1.0))
+
+    with pytest.raises(ValueError, match="does not propose the latent address.*'z'"):
+        pg.mc.smc(jax.random.key(0), MODEL, OBS, 0.0, num_particles=8, proposal=wrong_proposal)
+    with pytest.raises(ValueError, match="leading time axis of size 100"):
+        pg.mc.smc(jax.random.key(0), MODEL, {"y": jnp.zeros(7)}, 0.0, num_particles=8)
+    with pytest.raises(TypeError, match="pg.scan"):
+        pg.mc.smc(jax.random.key(0), lg_step, OBS, 0.0, num_particles=8)
