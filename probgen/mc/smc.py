@@ -187,8 +187,9 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
     def step(key, state: ParticleState):
         k_resample, k_propose, k_rejuvenate = jax.random.split(key, 3)
         ess_before = ess(state.log_weights)
-        (carry, _), log_weights, resampled, ancestors = maybe_resample(
-            k_resample, (state.carry, state.choices), state.log_weights, ess_threshold, scheme
+        # Only the carry is resampled: the step's choices are replaced right below.
+        carry, log_weights, resampled, ancestors = maybe_resample(
+            k_resample, state.carry, state.log_weights, ess_threshold, scheme
         )
         x_t, obs_t = _at(xs, state.step), _at(observations, state.step)
         keys = jax.random.split(k_propose, num_particles)
