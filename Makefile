@@ -18,10 +18,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q tests --nbmake notebooks
 
-bench-quick: $(STAMP)
+BENCH_STAMP := $(VENV)/.installed-bench
+
+$(BENCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[dev,bench]"
+	touch $(BENCH_STAMP)
+
+bench-quick: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py --quick
 
-bench: $(STAMP)
+bench: $(BENCH_STAMP)
 	$(PY) benchmarks/run_all.py
 
 clean:
