@@ -62,6 +62,10 @@ class EstimatorError(ProbgenError, ValueError):
     """An expectation program cannot be turned into an estimator as written."""
 
 
+class _NeedsDiscovery(Exception):
+    """Raised by an optimistic single-pass run that meets an ENUM or MVD site."""
+
+
 class _SiteInfo(NamedTuple):
     ident: tuple
     strategy: Any
@@ -81,8 +85,9 @@ class _Collector:
     or a re-execution) or "batched" (inside :func:`vmap`: ENUM/MVD are refused).
     """
 
-    def __init__(self, mode: str, enum_index=None, perturb=None, mvd_numbers=None):
+    def __init__(self, mode: str, enum_index=None, perturb=None, mvd_numbers=None, optimistic=False):
         self.mode = mode
+        self.optimistic = optimistic
         self.enum_index = enum_index or {}
         self.perturb = perturb
         self.mvd_numbers = mvd_numbers or {}
@@ -122,6 +127,8 @@ class _Collector:
                 f"other values of the site, but the site is inside {inside}; use pg.REINFORCE "
                 "there (or move the site out of the combinator)"
             )
+        if self.optimistic:
+            raise _NeedsDiscovery()
         ident = (self.call_index, site.address)
         dist = site.dist
         shape = protocol.value_shape(dist)
@@ -292,6 +299,12 @@ def expectation(program: Callable[..., Any]) -> Expectation:
     """
 
     def estimate(key, *args):
+        # Most programs have no ENUM/MVD site: trace once, and fall back to discovery
+        # plus re-execution only when such a site shows up.
+        try:
+            return _surrogate(_execute(program, key, args, _Collector("run", optimistic=True)))
+        except _NeedsDiscovery:
+            pass
         sites = _discover(program, key, args)
         enum_sites = [s for s in sites if s.strategy is ENUM]
         mvd_sites = [s for s in sites if s.strategy is MVD]
