@@ -98,19 +98,20 @@ class SplineCoupling:
     def _spline(self, params, x):
         dim = x.shape[-1]
         keep = _half_mask(dim, self.parity)
+        moved = np.flatnonzero(~keep)  # static: only these coordinates get a spline
         out = mlp(params["net"], jnp.where(keep, x, 0.0))
-        spline = distrax.RationalQuadraticSpline(out.reshape(dim, -1), -self.bound, self.bound)
-        return keep, spline
+        spline = distrax.RationalQuadraticSpline(out.reshape(dim, -1)[moved], -self.bound, self.bound)
+        return moved, spline
 
     def forward(self, params, x):
-        keep, spline = self._spline(params, x)
-        y, log_det = spline.forward_and_log_det(x)
-        return jnp.where(keep, x, y), jnp.sum(jnp.where(keep, 0.0, log_det))
+        moved, spline = self._spline(params, x)
+        y, log_det = spline.forward_and_log_det(x[moved])
+        return x.at[moved].set(y), jnp.sum(log_det)
 
     def inverse(self, params, y):
-        keep, spline = self._spline(params, y)
-        x, log_det = spline.inverse_and_log_det(y)
-        return jnp.where(keep, y, x), jnp.sum(jnp.where(keep, 0.0, log_det))
+        moved, spline = self._spline(params, y)
+        x, log_det = spline.inverse_and_log_det(y[moved])
+        return y.at[moved].set(x), jnp.sum(log_det)
 
 
 @dataclasses.dataclass(frozen=True)
