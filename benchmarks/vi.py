@@ -128,26 +128,44 @@ def flops(compiled) -> float:
     return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
 
 
-def time_step(step, optimizer, x, repeats):
+class Runner:
+    """A compiled training step with its state; ``run()`` does one timed-ready step."""
+
+    def __init__(self, call, state, compile_s, flops_=float("nan")):
+        self.call, self.state, self.compile_s, self.flops = call, state, compile_s, flops_
+        self.times: list[float] = []
+
+    def run(self, *extra):
+        start = time.perf_counter()
+        self.state = self.call(self.state, *extra)
+        jax.block_until_ready(self.state)
+        self.times.append(time.perf_counter() - start)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.times)
+
+
+def prepare_step(step, optimizer, x) -> Runner:
+    """Compile a ``make_step`` step; the runner takes a key per call (keys made up front)."""
     params = init_params()
     state = optimizer.init(params)
     key = jax.random.key(1)
     start = time.perf_counter()
     compiled = step.lower(params, state, key, x).compile()
     compile_s = time.perf_counter() - start
-    params, state, value = compiled(params, state, key, x)
-    jax.block_until_ready(value)
-    times = []
-    for i in range(repeats):
-        k = jax.random.fold_in(key, i)
-        start = time.perf_counter()
-        params, state, value = compiled(params, state, k, x)
-        jax.block_until_ready((params, value))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), compile_s, flops(compiled)
+
+    def call(carry, k):
+        params, state, _ = compiled(carry[0], carry[1], k, x)
+        return params, state, _
+
+    runner = Runner(call, (params, state, None), compile_s, flops(compiled))
+    runner.run(key)  # warm-up
+    runner.times.clear()
+    return runner
 
 
-def numpyro_step(kind, x, repeats):
+def prepare_numpyro(kind, x) -> Runner:
     import numpyro
     import numpyro.distributions as dist
     from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
@@ -172,19 +190,22 @@ def numpyro_step(kind, x, repeats):
     loss = Trace_ELBO() if kind == "elbo" else RenyiELBO(alpha=0.0, num_particles=PARTICLES)
     svi = SVI(np_model, np_guide, numpyro.optim.optax_to_numpyro(optax.adam(1e-3)), loss)
     svi_state = svi.init(jax.random.key(0), x)
-    update = jax.jit(svi.update)
     start = time.perf_counter()
-    compiled = update.lower(svi_state, x).compile()
+    compiled = jax.jit(svi.update).lower(svi_state, x).compile()
     compile_s = time.perf_counter() - start
-    svi_state, value = compiled(svi_state, x)
-    jax.block_until_ready(value)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        svi_state, value = compiled(svi_state, x)
-        jax.block_until_ready(value)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), compile_s
+    # NumPyro keeps its PRNG key in the SVI state; the runner's key argument is unused.
+    runner = Runner(lambda carry, _k: compiled(carry[0], x), (svi_state, None), compile_s)
+    runner.run(None)
+    runner.times.clear()
+    return runner
+
+
+def interleave(runners: dict[str, Runner], repeats: int) -> None:
+    """Time the runners round-robin, one step each per round, all with the same keys."""
+    keys = list(jax.random.split(jax.random.key(7), repeats))  # made before timing
+    for k in keys:
+        for runner in runners.values():
+            runner.run(k)
 
 
 # -- sequential model --------------------------------------------------------------------------
@@ -234,7 +255,7 @@ def ssm_compile_times(steps):
 
 
 def main(quick: bool = False) -> list[dict]:
-    repeats = 5 if quick else 20
+    repeats = 50 if quick else 300
     batches = (128,) if quick else (128, 1024)
     rows = []
     x_all = (jax.random.uniform(jax.random.key(3), (1024, DATA_DIM)) < 0.3).astype(jnp.float32)
@@ -246,17 +267,20 @@ def main(quick: bool = False) -> list[dict]:
         ):
             pg_step, optimizer = make_step(probgen_loss(objective))
             hand_step, _ = make_step(hand)
-            pg_s, pg_compile, pg_flops = time_step(pg_step, optimizer, x, repeats)
-            hand_s, hand_compile, hand_flops = time_step(hand_step, optimizer, x, repeats)
+            runners = {"probgen": prepare_step(pg_step, optimizer, x), "hand": prepare_step(hand_step, optimizer, x),
+                       "numpyro": prepare_numpyro(np_kind, x)}
+            interleave(runners, repeats)
+            pg_r, hand_r, np_r = runners["probgen"], runners["hand"], runners["numpyro"]
             rows.append(dict(
-                name=f"vae {name} step B={batch} vs hand JAX", probgen_s=pg_s, baseline_s=hand_s, ratio=pg_s / hand_s,
-                notes=f"compile {pg_compile:.2f}s vs {hand_compile:.2f}s; flops ratio {pg_flops / hand_flops:.3f}",
+                name=f"vae {name} step B={batch} vs hand JAX", probgen_s=pg_r.median, baseline_s=hand_r.median,
+                ratio=pg_r.median / hand_r.median,
+                notes=f"compile {pg_r.compile_s:.2f}s vs {hand_r.compile_s:.2f}s; flops ratio {pg_r.flops / hand_r.flops:.3f}",
             ))
-            np_s, np_compile = numpyro_step(np_kind, x, repeats)
             loss_name = "Trace_ELBO" if np_kind == "elbo" else f"RenyiELBO(a=0,K={PARTICLES})"
             rows.append(dict(
-                name=f"vae {name} step B={batch} vs NumPyro {loss_name}", probgen_s=pg_s, baseline_s=np_s,
-                ratio=pg_s / np_s, notes=f"compile {pg_compile:.2f}s vs {np_compile:.2f}s",
+                name=f"vae {name} step B={batch} vs NumPyro {loss_name}", probgen_s=pg_r.median,
+                baseline_s=np_r.median, ratio=pg_r.median / np_r.median,
+                notes=f"compile {pg_r.compile_s:.2f}s vs {np_r.compile_s:.2f}s; interleaved, {repeats} rounds",
             ))
     for steps in ((10, 100, 1000)):
         pg_s, hand_s = ssm_compile_times(steps)

@@ -1,13 +1,13 @@
 """Primitive random choices: one protocol over numpyro, distrax and user distributions.
 
 The common families are re-exported from ``numpyro.distributions`` (``pg.Normal``,
-``pg.Bernoulli``, ...); the whole numpyro catalogue is ``pg.dist``; distrax
-distributions work at a sample site as they are.
+``pg.Gamma``, ...; ``pg.Bernoulli`` is numpyro's with a cheaper logits log-mass, see
+``probgen.distributions.bernoulli``); the whole numpyro catalogue is ``pg.dist``;
+distrax distributions work at a sample site as they are.
 """
 
 import numpyro.distributions as dist  # the full catalogue: pg.dist.<Family>
 from numpyro.distributions import (
-    Bernoulli,
     Beta,
     Binomial,
     Categorical,
@@ -27,6 +27,7 @@ from numpyro.distributions import (
     Uniform,
 )
 
+from probgen.distributions.bernoulli import Bernoulli, BernoulliLogits
 from probgen.distributions.protocol import (
     Distribution,
     WithStrategy,

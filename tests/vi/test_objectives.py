@@ -250,3 +250,42 @@ def test_guide_missing_a_latent_is_a_clear_error():
 
     with pytest.raises(pg.vi.EstimatorError, match="'z'"):
         pg.vi.elbo(model, empty_guide).loss(jax.random.key(0), OBS, (), ())
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+def test_multi_particle_elbo_is_unbiased_with_smaller_variance(beta):
+    single = pg.vi.elbo(model, guide, beta=beta)
+    multi = pg.vi.elbo(model, guide, beta=beta, num_particles=8)
+    values = _samples(lambda k: multi.estimate(k, OBS, (), GUIDE))
+    _within(values, float(closed_elbo(*GUIDE, beta)))
+    grads = _samples(lambda k: jnp.stack(jax.grad(multi.loss, argnums=3)(k, OBS, (), GUIDE)))
+    exact = -np.asarray(jax.grad(lambda m, s: closed_elbo(m, s, beta), argnums=(0, 1))(*GUIDE))
+    _within(grads, exact)
+    single_values = _samples(lambda k: single.estimate(k, OBS, (), GUIDE), seed=1)
+    ratio = single_values.var() / values.var()
+    assert 8 / 1.5 < ratio < 8 * 1.5, ratio  # variance / K, up to sampling error of variances
+
+
+def test_multi_particle_elbo_score_function_gradient_is_unbiased():
+    @pg.gen
+    def coin_model():
+        b = pg.sample("b", pg.Bernoulli(probs=0.3))
+        pg.sample("x", pg.Normal(2.0 * b, 1.0))
+
+    @pg.gen
+    def coin_guide(p):
+        pg.sample("b", pg.with_strategy(pg.Bernoulli(probs=p), pg.REINFORCE))
+
+    def exact_elbo(p):
+        def term(b, q):
+            return q * (jnp.log(jnp.where(b, 0.3, 0.7)) + norm.logpdf(X, 2.0 * b, 1.0) - jnp.log(q))
+        return term(1.0, p) + term(0.0, 1 - p)
+
+    obj = pg.vi.elbo(coin_model, coin_guide, num_particles=4)
+    grads = _samples(lambda k: jax.grad(obj.loss, argnums=3)(k, OBS, (), (0.4,))[0], num=4000)
+    _within(grads, -float(jax.grad(exact_elbo)(0.4)))
+
+
+def test_elbo_rejects_bad_particle_count():
+    with pytest.raises(ValueError, match="num_particles"):
+        pg.vi.elbo(model, guide, num_particles=0)
