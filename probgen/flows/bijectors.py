@@ -24,9 +24,16 @@ import numpy as np
 from probgen.flows.nets import made, mlp
 
 
-def _half_mask(dim: int, parity: int) -> np.ndarray:
-    """Boolean mask of the coordinates that condition (are left unchanged)."""
-    return (np.arange(dim) % 2) == parity
+def halves(dim: int, parity: int) -> tuple[np.ndarray, np.ndarray]:
+    """Static indices ``(kept, moved)`` of a coupling: ``index % 2 == parity`` is kept.
+
+    Example:
+        >>> from probgen.flows.bijectors import halves
+        >>> [h.tolist() for h in halves(5, 0)]
+        [[0, 2, 4], [1, 3]]
+    """
+    index = np.arange(dim)
+    return index[index % 2 == parity], index[index % 2 != parity]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,44 +70,45 @@ class TriangularAffine:
 class AffineCoupling:
     """RealNVP affine coupling: coordinates with ``index % 2 == parity`` condition the rest.
 
-    Params ``{"net": mlp}`` mapping ``(d,) -> (2d,)`` (shift, raw log-scale); the log-scale
-    is ``2 tanh(raw / 2)`` so one layer never scales by more than ``e^2``.
+    Params ``{"net": mlp}`` mapping the ``k`` kept coordinates to ``2m`` outputs (shift and
+    raw log-scale of the ``m`` transformed ones); the log-scale is ``2 tanh(raw / 2)`` so
+    one layer never scales by more than ``e^2``.
     """
 
     parity: int
 
     def _shift_logscale(self, params, x):
-        keep = _half_mask(x.shape[-1], self.parity)
-        out = mlp(params["net"], jnp.where(keep, x, 0.0))
+        kept, moved = halves(x.shape[-1], self.parity)
+        out = mlp(params["net"], x[..., kept])
         shift, raw = jnp.split(out, 2, axis=-1)
-        log_scale = jnp.where(keep, 0.0, 2.0 * jnp.tanh(raw / 2.0))
-        return keep, jnp.where(keep, 0.0, shift), log_scale
+        return moved, shift, 2.0 * jnp.tanh(raw / 2.0)
 
     def forward(self, params, x):
-        keep, shift, log_scale = self._shift_logscale(params, x)
-        return jnp.where(keep, x, x * jnp.exp(log_scale) + shift), jnp.sum(log_scale)
+        moved, shift, log_scale = self._shift_logscale(params, x)
+        y = x.at[..., moved].set(x[..., moved] * jnp.exp(log_scale) + shift)
+        return y, jnp.sum(log_scale, axis=-1)
 
     def inverse(self, params, y):
-        keep, shift, log_scale = self._shift_logscale(params, y)  # kept half equals x's
-        return jnp.where(keep, y, (y - shift) * jnp.exp(-log_scale)), -jnp.sum(log_scale)
+        moved, shift, log_scale = self._shift_logscale(params, y)  # kept coordinates equal x's
+        x = y.at[..., moved].set((y[..., moved] - shift) * jnp.exp(-log_scale))
+        return x, -jnp.sum(log_scale, axis=-1)
 
 
 @dataclasses.dataclass(frozen=True)
 class SplineCoupling:
     """Coupling with monotone rational-quadratic splines on ``[-bound, bound]`` (identity outside).
 
-    Params ``{"net": mlp}`` mapping ``(d,) -> (d * (3K + 1),)`` for ``K`` bins.
+    Params ``{"net": mlp}`` mapping the ``k`` kept coordinates to ``m (3K + 1)`` spline
+    parameters of the ``m`` transformed ones, for ``K`` bins.
     """
 
     parity: int
     bound: float = 5.0
 
     def _spline(self, params, x):
-        dim = x.shape[-1]
-        keep = _half_mask(dim, self.parity)
-        moved = np.flatnonzero(~keep)  # static: only these coordinates get a spline
-        out = mlp(params["net"], jnp.where(keep, x, 0.0))
-        spline = distrax.RationalQuadraticSpline(out.reshape(dim, -1)[moved], -self.bound, self.bound)
+        kept, moved = halves(x.shape[-1], self.parity)
+        out = mlp(params["net"], x[kept])
+        spline = distrax.RationalQuadraticSpline(out.reshape(len(moved), -1), -self.bound, self.bound)
         return moved, spline
 
     def forward(self, params, x):

@@ -162,7 +162,10 @@ def init_realnvp(key: jax.Array, dim: int, num_layers: int = 4, hidden: Sequence
     """
     _check_dim(dim, "init_realnvp", 2)
     keys = jax.random.split(key, num_layers)
-    layers = [{"net": init_mlp(k, [dim, *hidden, 2 * dim])} for k in keys]
+    layers = []
+    for i, k in enumerate(keys):
+        kept, moved = bijectors.halves(dim, i % 2)
+        layers.append({"net": init_mlp(k, [len(kept), *hidden, 2 * len(moved)])})
     return layers + [_final_affine(dim)]
 
 
@@ -191,12 +194,15 @@ def init_spline_flow(
     Example:
         >>> import jax, probgen as pg
         >>> p = pg.flows.init_spline_flow(jax.random.key(0), 2, num_layers=2, num_bins=4)
-        >>> p[0]["net"][-1]["w"].shape
-        (32, 26)
+        >>> p[0]["net"][-1]["w"].shape  # 1 transformed coordinate x (3 * 4 + 1) spline parameters
+        (32, 13)
     """
     _check_dim(dim, "init_spline_flow", 2)
     keys = jax.random.split(key, num_layers)
-    layers = [{"net": init_mlp(k, [dim, *hidden, dim * (3 * num_bins + 1)])} for k in keys]
+    layers = []
+    for i, k in enumerate(keys):
+        kept, moved = bijectors.halves(dim, i % 2)
+        layers.append({"net": init_mlp(k, [len(kept), *hidden, len(moved) * (3 * num_bins + 1)])})
     return layers + [_final_affine(dim)]
 
 
