@@ -12,15 +12,7 @@ import scipy.optimize
 import scipy.stats
 
 import probgen as pg
-
-WEIGHTS = jnp.array([0.3, 0.7])
-MEANS = jnp.array([[-2.0, 1.0], [1.5, -0.5]])
-STDS = jnp.array([0.5, 0.8])
-
-
-def mixture_log_prob(x):
-    comp = jax.scipy.stats.norm.logpdf(x[None, :], MEANS, STDS[:, None]).sum(-1)
-    return jax.nn.logsumexp(comp + jnp.log(WEIGHTS))
+from tests.flows.mixture2d import MEANS, STDS, WEIGHTS, mixture_log_prob, mixture_samples, projected_ks
 
 
 def exact_fields(interp):
@@ -42,20 +34,6 @@ def exact_fields(interp):
     return velocity, score
 
 
-def mixture_samples(key, n):
-    kc, kz = jax.random.split(key)
-    c = jax.random.choice(kc, 2, (n,), p=WEIGHTS)
-    return MEANS[c] + STDS[c][:, None] * jax.random.normal(kz, (n, 2))
-
-
-def _projected_ks(a, b, num_dirs=4):
-    """Smallest p-value (Bonferroni-corrected) of KS tests along fixed directions."""
-    angles = np.linspace(0, np.pi, num_dirs, endpoint=False)
-    dirs = np.stack([np.cos(angles), np.sin(angles)], 1)
-    ps = [scipy.stats.ks_2samp(np.asarray(a) @ d, np.asarray(b) @ d).pvalue for d in dirs]
-    return min(1.0, min(ps) * num_dirs)
-
-
 def test_ode_methods_orders():
     # dx/dt = x on [0, 1]: error of Euler ~ h, Heun ~ h^2, RK4 ~ h^4.
     errs = {}
@@ -75,7 +53,7 @@ def test_exact_velocity_ode_transports_and_cnf_matches_density(interp_name):
     velocity, _ = exact_fields(interp)
     x0 = jax.random.normal(jax.random.key(0), (600, 2))
     x1 = jax.jit(jax.vmap(lambda x: pg.flows.solve_ode(velocity, x, num_steps=40)))(x0)
-    assert _projected_ks(x1, mixture_samples(jax.random.key(1), 600)) > 0.01
+    assert projected_ks(x1, mixture_samples(jax.random.key(1), 600)) > 0.01
     # CNF log-likelihood through the exact velocity equals the mixture density.
     pts = mixture_samples(jax.random.key(2), 8)
     base = lambda z: jax.scipy.stats.norm.logpdf(z).sum()  # noqa: E731
@@ -104,7 +82,7 @@ def test_sde_with_exact_fields_samples_mixture():
     keys = jax.random.split(jax.random.key(4), 600)
     x0 = jax.random.normal(jax.random.key(5), (600, 2))
     x1 = jax.jit(jax.vmap(lambda k, x: pg.run(kernel, k, kernel.init(x), 200)[0].x))(keys, x0)
-    assert _projected_ks(x1, mixture_samples(jax.random.key(6), 600)) > 0.01
+    assert projected_ks(x1, mixture_samples(jax.random.key(6), 600)) > 0.01
 
 
 @pytest.mark.parametrize("noisy", [False, True])

@@ -8,29 +8,7 @@ import optax
 import scipy.stats
 
 import probgen as pg
-
-WEIGHTS = jnp.array([0.3, 0.7])
-MEANS = jnp.array([[-2.0, 1.0], [1.5, -0.5]])
-STDS = jnp.array([0.5, 0.8])
-
-
-def mixture_log_prob(x):
-    comp = jax.scipy.stats.norm.logpdf(x[None, :], MEANS, STDS[:, None]).sum(-1)
-    return jax.nn.logsumexp(comp + jnp.log(WEIGHTS))
-
-
-def mixture_samples(key, n):
-    kc, kz = jax.random.split(key)
-    c = jax.random.choice(kc, 2, (n,), p=WEIGHTS)
-    return MEANS[c] + STDS[c][:, None] * jax.random.normal(kz, (n, 2))
-
-
-def _projected_ks(a, b, num_dirs=4):
-    """Smallest p-value (Bonferroni-corrected) of KS tests along fixed directions."""
-    angles = np.linspace(0, np.pi, num_dirs, endpoint=False)
-    dirs = np.stack([np.cos(angles), np.sin(angles)], 1)
-    ps = [scipy.stats.ks_2samp(np.asarray(a) @ d, np.asarray(b) @ d).pvalue for d in dirs]
-    return min(1.0, min(ps) * num_dirs)
+from tests.flows.mixture2d import mixture_log_prob, mixture_samples, projected_ks
 
 
 def _feats(t):
@@ -65,7 +43,7 @@ def test_flow_matching_2d_mixture_samples_and_likelihood():
     v = _velocity(params)
     x0 = jax.random.normal(jax.random.key(1), (500, 2))
     x1 = jax.jit(jax.vmap(lambda x: pg.flows.solve_ode(v, x, num_steps=20)))(x0)
-    p = _projected_ks(x1, mixture_samples(jax.random.key(2), 500))
+    p = projected_ks(x1, mixture_samples(jax.random.key(2), 500))
     print(f"flow matching 2-D two-sample p = {p:.3f}")
     assert p > 0.01
     # ODE log-likelihood vs a Monte Carlo estimate: the mean log-likelihood of held-out data

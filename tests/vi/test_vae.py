@@ -18,17 +18,12 @@ NUM_TEST, EVAL_PARTICLES = 200, 5000
 
 
 def _mlp_init(key, sizes):
-    keys = jax.random.split(key, len(sizes) - 1)
-    return [
-        {"w": jax.random.normal(k, (a, b)) / np.sqrt(a), "b": jnp.zeros(b)}
-        for k, a, b in zip(keys, sizes[:-1], sizes[1:])
-    ]
+    """Tanh-MLP weights scaled 1/sqrt(fan-in) in every layer, the last one included."""
+    return pg.flows.init_mlp(key, sizes, final_scale=1.0 / np.sqrt(sizes[-2]))
 
 
 def _mlp(params, x):
-    for layer in params[:-1]:
-        x = jnp.tanh(x @ layer["w"] + layer["b"])
-    return x @ params[-1]["w"] + params[-1]["b"]
+    return pg.flows.mlp(params, x, activation=jnp.tanh)
 
 
 @pg.gen
