@@ -49,6 +49,12 @@ def _check_common(name: str, sde: SDE, num_steps, t_min) -> None:
         raise ValueError(f"{name}: t_min must lie in [0, t_max={sde.t_max}), got {t_min!r}")
 
 
+def _setup(name: str, sde: SDE, score_fn, num_steps, t_min):
+    """Check the arguments every sampler shares; return the checked score and the time grid."""
+    _check_common(name, sde, num_steps, t_min)
+    return checked_score(score_fn, name), time_grid(sde, num_steps, t_min)
+
+
 def _init(name: str):
     def init(x: jax.Array) -> SamplerState:
         x = jnp.asarray(x)
@@ -106,9 +112,7 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1
         >>> s.x.shape
         (5, 2)
     """
-    _check_common("euler_maruyama", sde, num_steps, t_min)
-    score_fn = checked_score(score_fn, "euler_maruyama")
-    grid = time_grid(sde, num_steps, t_min)
+    score_fn, grid = _setup("euler_maruyama", sde, score_fn, num_steps, t_min)
 
     def step(key, state):
         t, s = grid(state.step), grid(state.step + 1)
@@ -154,8 +158,7 @@ def predictor_corrector(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: floa
     if not snr > 0:
         raise ValueError(f"predictor_corrector: snr must be positive, got {snr!r}")
     predictor = euler_maruyama(sde, score_fn, num_steps, t_min, denoise_final)
-    score_fn = checked_score(score_fn, "predictor_corrector")
-    grid = time_grid(sde, num_steps, t_min)
+    score_fn, grid = _setup("predictor_corrector", sde, score_fn, num_steps, t_min)
 
     def langevin(x, key, t):
         z = jax.random.normal(key, x.shape, x.dtype)
@@ -207,11 +210,9 @@ def ddim(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3, eta: 
         >>> s.x.shape
         (3, 2)
     """
-    _check_common("ddim", sde, num_steps, t_min)
-    score_fn = checked_score(score_fn, "ddim")
+    score_fn, grid = _setup("ddim", sde, score_fn, num_steps, t_min)
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"ddim: eta must lie in [0, 1], got {eta!r}")
-    grid = time_grid(sde, num_steps, t_min)
 
     def step(key, state):
         t, s = grid(state.step), grid(state.step + 1)
@@ -246,9 +247,7 @@ def ddpm(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3) -> Ke
         >>> s.x.shape
         (3, 2)
     """
-    _check_common("ddpm", sde, num_steps, t_min)
-    score_fn = checked_score(score_fn, "ddpm")
-    grid = time_grid(sde, num_steps, t_min)
+    score_fn, grid = _setup("ddpm", sde, score_fn, num_steps, t_min)
 
     def step(key, state):
         t, s = grid(state.step), grid(state.step + 1)
@@ -284,11 +283,9 @@ def probability_flow(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float =
         >>> s.x.shape
         (3, 2)
     """
-    _check_common("probability_flow", sde, num_steps, t_min)
-    score_fn = checked_score(score_fn, "probability_flow")
+    score_fn, grid = _setup("probability_flow", sde, score_fn, num_steps, t_min)
     if method not in ("euler", "heun"):
         raise ValueError(f"probability_flow: method must be 'euler' or 'heun', got {method!r}")
-    grid = time_grid(sde, num_steps, t_min)
 
     def step(key, state):
         del key

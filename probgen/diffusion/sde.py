@@ -109,6 +109,18 @@ def _check_positive(name: str, **values) -> None:
             raise ValueError(f"{name}: {key} must be a positive number, got {value!r}")
 
 
+def _linear_beta(beta_min, beta_max):
+    """``beta(t) = beta_min + t (beta_max - beta_min)`` and its integral from 0 to t."""
+
+    def beta(t):
+        return beta_min + t * (beta_max - beta_min)
+
+    def integral(t):
+        return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+
+    return beta, integral
+
+
 def vp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> SDE:
     """Variance-preserving SDE with linear schedule ``beta(t) = beta_min + t (beta_max - beta_min)``.
 
@@ -129,11 +141,7 @@ def vp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> SDE
     """
     _check_positive("vp", beta_min=beta_min, beta_max=beta_max, t_max=t_max)
 
-    def beta(t):
-        return beta_min + t * (beta_max - beta_min)
-
-    def integral(t):
-        return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+    beta, integral = _linear_beta(beta_min, beta_max)
 
     return SDE(
         name="vp",
@@ -198,11 +206,7 @@ def subvp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> 
     """
     _check_positive("subvp", beta_min=beta_min, beta_max=beta_max, t_max=t_max)
 
-    def beta(t):
-        return beta_min + t * (beta_max - beta_min)
-
-    def integral(t):
-        return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+    beta, integral = _linear_beta(beta_min, beta_max)
 
     return SDE(
         name="subvp",
