@@ -33,25 +33,45 @@ def run_seconds(fn: Callable, *args: Any, repeats: int = 20, warmup: int = 2) ->
     return statistics.median(times)
 
 
+def interleaved_calls(thunks: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1
+                      ) -> tuple[dict[str, float], dict[str, float]]:
+    """Time argument-less calls round-robin so drift hits all alike.
+
+    Returns ``(median seconds, first-call seconds)`` per name; the first ``warmup`` calls of
+    each are not timed (the first one's wall time, compile included, is reported apart).
+    """
+    first: dict[str, float] = {}
+    for name, thunk in thunks.items():
+        for i in range(warmup):
+            start = time.perf_counter()
+            jax.block_until_ready(thunk())
+            if i == 0:
+                first[name] = time.perf_counter() - start
+    times: dict[str, list[float]] = {name: [] for name in thunks}
+    for _ in range(repeats):
+        for name, thunk in thunks.items():
+            start = time.perf_counter()
+            jax.block_until_ready(thunk())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, first
+
+
 def interleaved_seconds(fns: dict[str, Callable], *args: Any, repeats: int = 20) -> dict[str, float]:
     """Median times of several jitted functions, calls interleaved so drift hits all alike."""
     jitted = {name: jax.jit(f) for name, f in fns.items()}
-    for f in jitted.values():
-        jax.block_until_ready(f(*args))
-        jax.block_until_ready(f(*args))
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, f in jitted.items():
-            start = time.perf_counter()
-            jax.block_until_ready(f(*args))
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    thunks = {name: (lambda f=f: f(*args)) for name, f in jitted.items()}
+    return interleaved_calls(thunks, repeats, warmup=2)[0]
 
 
 def flops(fn: Callable, *args: Any) -> float | None:
     """XLA's cost-analysis flop count of the compiled ``fn``, when the backend reports one."""
-    analysis = jax.jit(fn).lower(*args).compile().cost_analysis()
-    if isinstance(analysis, list):
+    return compiled_flops(jax.jit(fn).lower(*args).compile())
+
+
+def compiled_flops(compiled: Any) -> float | None:
+    """XLA's cost-analysis flop count of an already compiled executable, if reported."""
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
         analysis = analysis[0] if analysis else {}
     return None if not analysis else analysis.get("flops")
 

@@ -10,13 +10,17 @@ Run: ``.venv/bin/python benchmarks/diffusion.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 
 import probgen as pg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import interleaved_calls, print_table  # noqa: E402
 
 D = pg.diffusion
 T_MIN = 1e-3
@@ -91,17 +95,6 @@ def _compile(fn, args):
     return compiled, compile_s, out
 
 
-def _interleaved_medians(compiled_fns, args, repeats):
-    """Median wall time of each function, runs interleaved so machine-load drift hits all alike."""
-    runs = [[] for _ in compiled_fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(compiled_fns):
-            t0 = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            runs[i].append(time.perf_counter() - t0)
-    return [statistics.median(r) for r in runs]
-
-
 def main(quick: bool = False) -> list[dict]:
     num_steps = 1000
     num_particles = 2000 if quick else 10000
@@ -112,7 +105,8 @@ def main(quick: bool = False) -> list[dict]:
     args = (key, x_T)
     pg_f, pg_c, pg_x = _compile(probgen_sampler(sde, score_fn, num_steps), args)
     hw_f, hw_c, hw_x = _compile(handwritten_sampler(sde, score_fn, num_steps), args)
-    pg_s, hw_s = _interleaved_medians([pg_f, hw_f], args, repeats)
+    t, _ = interleaved_calls({"pg": lambda: pg_f(*args), "hw": lambda: hw_f(*args)}, repeats, warmup=0)
+    pg_s, hw_s = t["pg"], t["hw"]
     size = f"{num_steps} steps x {num_particles} particles, 2-D"
     rows = [
         {"name": "EM reverse SDE: run", "probgen_s": pg_s, "baseline_s": hw_s, "ratio": pg_s / hw_s,
@@ -122,7 +116,7 @@ def main(quick: bool = False) -> list[dict]:
     ]
     try:
         dx_f, dx_c, _ = _compile(diffrax_sampler(sde, score_fn, num_steps), args)
-        dx_s, = _interleaved_medians([dx_f], args, max(1, repeats // 2))
+        dx_s = interleaved_calls({"dx": lambda: dx_f(*args)}, max(1, repeats // 2), warmup=0)[0]["dx"]
         import diffrax
         rows += [
             {"name": "EM reverse SDE: run", "probgen_s": pg_s, "baseline_s": dx_s, "ratio": pg_s / dx_s,
@@ -136,13 +130,7 @@ def main(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _print(rows):
-    print(f"{'benchmark':28s} {'probgen_s':>10s} {'baseline_s':>10s} {'ratio':>7s}  notes")
-    for r in rows:
-        print(f"{r['name']:28s} {r['probgen_s']:10.4f} {r['baseline_s']:10.4f} {r['ratio']:7.3f}  {r['notes']}")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    _print(main(parser.parse_args().quick))
+    print_table(main(parser.parse_args().quick), "diffusion")

@@ -188,9 +188,9 @@ def main(quick: bool = False) -> list[dict]:
     genjax_rows, note = _run_worker(quick, timeout=240 if quick else 600)
     x = (jax.random.uniform(jax.random.key(3), (BATCH, DATA_DIM)) < 0.3).astype(jnp.float32)
     pg_step, optimizer = vi.make_step(vi.probgen_loss(pg.vi.elbo(vi.model, vi.guide)))
-    runner = vi.prepare_step(pg_step, optimizer, x)
-    vi.interleave({"probgen": runner}, 20 if quick else 100)  # GenJAX runs in another process
-    pg_s, pg_compile = runner.median, runner.compile_s
+    repeats = 20 if quick else 100  # GenJAX runs in another process: nothing to interleave with
+    step = vi.prepare_step(pg_step, optimizer, x, repeats)
+    pg_s, pg_compile = vi.interleaved_calls({"probgen": step.call}, repeats)[0]["probgen"], step.compile_s
     rows = []
 
     def add(name, probgen_s, case, extra):

@@ -8,7 +8,8 @@ and compile (first-call) times in the notes.
 from __future__ import annotations
 
 import argparse
-import time
+import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +17,9 @@ import numpy as np
 import optax
 
 import probgen as pg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import interleaved_calls, print_table  # noqa: E402
 
 
 def _data(num_examples=512, dim=16):
@@ -36,22 +40,6 @@ def _init(dim=16, hidden=32):
 def loss_fn(params, key, batch):
     hidden = jnp.tanh(batch["x"] @ params["w1"])
     return jnp.mean((hidden @ params["w2"] - batch["y"]) ** 2)
-
-
-def _interleaved(fns: dict, repeats: int) -> dict[str, tuple[float, float]]:
-    """``{name: (median seconds, first-call seconds)}``, calls interleaved round-robin."""
-    first = {}
-    for name, fn in fns.items():
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        first[name] = time.perf_counter() - start
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            jax.block_until_ready(fn())
-            times[name].append(time.perf_counter() - start)
-    return {name: (float(np.median(times[name])), first[name]) for name in fns}
 
 
 def _batch(data, key, step, batch_size):
@@ -114,10 +102,11 @@ def main(quick: bool = False) -> list[dict]:
         (p, _, _), _ = jax.lax.scan(body, (params, optimizer.init(params), jnp.bool_(True)), jnp.arange(steps))
         return p
 
-    t = _interleaved({"guarded_scan": lambda: guarded_scan_loop(params), "fit": run_fit, "fit_one_chunk": lambda: run_fit(steps), "loop": run_python_loop,
-                      "scan": lambda: scan_loop(params)}, repeats)
+    t, first = interleaved_calls({"guarded_scan": lambda: guarded_scan_loop(params), "fit": run_fit,
+                                  "fit_one_chunk": lambda: run_fit(steps), "loop": run_python_loop,
+                                  "scan": lambda: scan_loop(params)}, repeats)
     (fit_s, fit_c), (one_s, one_c), (loop_s, loop_c), (scan_s, scan_c) = (
-        t["fit"], t["fit_one_chunk"], t["loop"], t["scan"])
+        (t[n], first[n]) for n in ("fit", "fit_one_chunk", "loop", "scan"))
     rows.append(dict(name="fit 2000 steps vs jitted step in Python loop", probgen_s=fit_s, baseline_s=loop_s,
                      ratio=fit_s / loop_s, notes=f"compile+first: fit {fit_c:.2f}s, loop {loop_c:.2f}s"))
     rows.append(dict(name="fit 2000 steps vs hand-written lax.scan", probgen_s=fit_s, baseline_s=scan_s,
@@ -126,7 +115,7 @@ def main(quick: bool = False) -> list[dict]:
     rows.append(dict(name="fit 2000 steps, one chunk, vs hand-written lax.scan", probgen_s=one_s,
                      baseline_s=scan_s, ratio=one_s / scan_s,
                      notes=f"chunk_size=2000; compile+first: fit {one_c:.2f}s"))
-    guard_s = t["guarded_scan"][0]
+    guard_s = t["guarded_scan"]
     rows.append(dict(name="fit 2000 steps, one chunk, vs lax.scan with fit's NaN guard", probgen_s=one_s,
                      baseline_s=guard_s, ratio=one_s / guard_s,
                      notes="hand scan + per-step isfinite of loss and grads, state frozen after a bad step"))
@@ -147,8 +136,8 @@ def main(quick: bool = False) -> list[dict]:
     def run_sequential():
         return [single(jnp.float32(lr), jnp.int32(seed)) for lr in learning_rates for seed in (0, 1)]
 
-    t = _interleaved({"sweep": run_sweep, "sequential": run_sequential}, repeats)
-    (sweep_s, sweep_c), (seq_s, seq_c) = t["sweep"], t["sequential"]
+    t, first = interleaved_calls({"sweep": run_sweep, "sequential": run_sequential}, repeats)
+    (sweep_s, sweep_c), (seq_s, seq_c) = (t["sweep"], first["sweep"]), (t["sequential"], first["sequential"])
     rows.append(dict(name=f"sweep 16 configs x {sweep_steps} steps vs 16 sequential jitted runs",
                      probgen_s=sweep_s, baseline_s=seq_s, ratio=sweep_s / seq_s,
                      notes=f"compile+first: sweep {sweep_c:.2f}s, sequential {seq_c:.2f}s; "
@@ -156,13 +145,7 @@ def main(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _print_table(rows):
-    print(f"{'benchmark':<62} {'probgen_s':>10} {'baseline_s':>10} {'ratio':>7}  notes")
-    for row in rows:
-        print(f"{row['name']:<62} {row['probgen_s']:>10.4f} {row['baseline_s']:>10.4f} {row['ratio']:>7.2f}  {row['notes']}")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    _print_table(main(parser.parse_args().quick))
+    print_table(main(parser.parse_args().quick), "train")

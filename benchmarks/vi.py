@@ -19,8 +19,10 @@ Run: ``.venv/bin/python benchmarks/vi.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import statistics
+import os
+import sys
 import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +30,9 @@ import numpy as np
 import optax
 
 import probgen as pg
+
+sys.path.insert(0, os.path.dirname(__file__))
+from common import compiled_flops, interleaved_calls, print_table  # noqa: E402
 
 DATA_DIM, HIDDEN, LATENT, PARTICLES = 64, 128, 8, 8
 
@@ -121,51 +126,36 @@ def make_step(loss):
     return jax.jit(step), optimizer
 
 
-def flops(compiled) -> float:
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0]
-    return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+class Step(NamedTuple):
+    """A compiled training step as an argument-less call that advances its own state."""
+
+    call: Callable[[], Any]
+    compile_s: float
+    flops: float
 
 
-class Runner:
-    """A compiled training step with its state; ``run()`` does one timed-ready step."""
-
-    def __init__(self, call, state, compile_s, flops_=float("nan")):
-        self.call, self.state, self.compile_s, self.flops = call, state, compile_s, flops_
-        self.times: list[float] = []
-
-    def run(self, *extra):
-        start = time.perf_counter()
-        self.state = self.call(self.state, *extra)
-        jax.block_until_ready(self.state)
-        self.times.append(time.perf_counter() - start)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.times)
+def _keys(repeats: int):
+    """The keys of the warm-up and timed calls, made before timing (the same for every step)."""
+    return iter(list(jax.random.split(jax.random.key(7), repeats + 1)))
 
 
-def prepare_step(step, optimizer, x) -> Runner:
-    """Compile a ``make_step`` step; the runner takes a key per call (keys made up front)."""
+def prepare_step(step, optimizer, x, repeats: int) -> Step:
+    """Compile a ``make_step`` step; each call takes the next of ``repeats + 1`` keys."""
     params = init_params()
-    state = optimizer.init(params)
-    key = jax.random.key(1)
+    carry = [params, optimizer.init(params)]
     start = time.perf_counter()
-    compiled = step.lower(params, state, key, x).compile()
+    compiled = step.lower(carry[0], carry[1], jax.random.key(1), x).compile()
     compile_s = time.perf_counter() - start
+    keys = _keys(repeats)
 
-    def call(carry, k):
-        params, state, _ = compiled(carry[0], carry[1], k, x)
-        return params, state, _
+    def call():
+        carry[0], carry[1], value = compiled(carry[0], carry[1], next(keys), x)
+        return carry[0], value
 
-    runner = Runner(call, (params, state, None), compile_s, flops(compiled))
-    runner.run(key)  # warm-up
-    runner.times.clear()
-    return runner
+    return Step(call, compile_s, compiled_flops(compiled) or float("nan"))
 
 
-def prepare_numpyro(kind, x) -> Runner:
+def prepare_numpyro(kind, x) -> Step:
     import numpyro
     import numpyro.distributions as dist
     from numpyro.infer import SVI, RenyiELBO, Trace_ELBO
@@ -189,23 +179,16 @@ def prepare_numpyro(kind, x) -> Runner:
 
     loss = Trace_ELBO() if kind == "elbo" else RenyiELBO(alpha=0.0, num_particles=PARTICLES)
     svi = SVI(np_model, np_guide, numpyro.optim.optax_to_numpyro(optax.adam(1e-3)), loss)
-    svi_state = svi.init(jax.random.key(0), x)
+    carry = [svi.init(jax.random.key(0), x)]
     start = time.perf_counter()
-    compiled = jax.jit(svi.update).lower(svi_state, x).compile()
+    compiled = jax.jit(svi.update).lower(carry[0], x).compile()
     compile_s = time.perf_counter() - start
-    # NumPyro keeps its PRNG key in the SVI state; the runner's key argument is unused.
-    runner = Runner(lambda carry, _k: compiled(carry[0], x), (svi_state, None), compile_s)
-    runner.run(None)
-    runner.times.clear()
-    return runner
 
+    def call():  # NumPyro keeps its PRNG key in the SVI state
+        carry[0], value = compiled(carry[0], x)
+        return carry[0], value
 
-def interleave(runners: dict[str, Runner], repeats: int) -> None:
-    """Time the runners round-robin, one step each per round, all with the same keys."""
-    keys = list(jax.random.split(jax.random.key(7), repeats))  # made before timing
-    for k in keys:
-        for runner in runners.values():
-            runner.run(k)
+    return Step(call, compile_s, float("nan"))
 
 
 # -- sequential model --------------------------------------------------------------------------
@@ -267,19 +250,20 @@ def main(quick: bool = False) -> list[dict]:
         ):
             pg_step, optimizer = make_step(probgen_loss(objective))
             hand_step, _ = make_step(hand)
-            runners = {"probgen": prepare_step(pg_step, optimizer, x), "hand": prepare_step(hand_step, optimizer, x),
-                       "numpyro": prepare_numpyro(np_kind, x)}
-            interleave(runners, repeats)
-            pg_r, hand_r, np_r = runners["probgen"], runners["hand"], runners["numpyro"]
+            runs = {"probgen": prepare_step(pg_step, optimizer, x, repeats),
+                    "hand": prepare_step(hand_step, optimizer, x, repeats), "numpyro": prepare_numpyro(np_kind, x)}
+            t, _ = interleaved_calls({run_name: run.call for run_name, run in runs.items()}, repeats)
+            pg_r, hand_r, np_r = runs["probgen"], runs["hand"], runs["numpyro"]
+            pg_s, hand_s, np_s = t["probgen"], t["hand"], t["numpyro"]
             rows.append(dict(
-                name=f"vae {name} step B={batch} vs hand JAX", probgen_s=pg_r.median, baseline_s=hand_r.median,
-                ratio=pg_r.median / hand_r.median,
+                name=f"vae {name} step B={batch} vs hand JAX", probgen_s=pg_s, baseline_s=hand_s,
+                ratio=pg_s / hand_s,
                 notes=f"compile {pg_r.compile_s:.2f}s vs {hand_r.compile_s:.2f}s; flops ratio {pg_r.flops / hand_r.flops:.3f}",
             ))
             loss_name = "Trace_ELBO" if np_kind == "elbo" else f"RenyiELBO(a=0,K={PARTICLES})"
             rows.append(dict(
-                name=f"vae {name} step B={batch} vs NumPyro {loss_name}", probgen_s=pg_r.median,
-                baseline_s=np_r.median, ratio=pg_r.median / np_r.median,
+                name=f"vae {name} step B={batch} vs NumPyro {loss_name}", probgen_s=pg_s,
+                baseline_s=np_s, ratio=pg_s / np_s,
                 notes=f"compile {pg_r.compile_s:.2f}s vs {np_r.compile_s:.2f}s; interleaved, {repeats} rounds",
             ))
     for steps in ((10, 100, 1000)):
@@ -289,15 +273,8 @@ def main(quick: bool = False) -> list[dict]:
     return rows
 
 
-def _print(rows):
-    print(f"{'benchmark':58s} {'probgen_s':>11s} {'baseline_s':>11s} {'ratio':>7s}  notes")
-    for r in rows:
-        print(f"{r['name']:58s} {r['probgen_s']:11.5f} {r['baseline_s']:11.5f} {r['ratio']:7.2f}  {r['notes']}")
-
-
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    print(f"device: {jax.devices()[0].device_kind}")
-    _print(main(args.quick))
+    print_table(main(args.quick), "vi")
