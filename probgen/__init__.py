@@ -19,7 +19,9 @@ from probgen.core import (
     ProbgenError,
     Selection,
     StrategyError,
+    SettingError,
     Trace,
+    ValidationError,
     gen,
     mix,
     repeat,
@@ -27,6 +29,7 @@ from probgen.core import (
     scan,
     select,
     switch,
+    validate,
     vmap,
 )
 from probgen.distributions import *  # noqa: F401,F403  (Normal, Bernoulli, ..., strategies)

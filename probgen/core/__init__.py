@@ -9,7 +9,9 @@ from probgen.core.errors import (
     MissingChoiceError,
     ProbgenError,
     StrategyError,
+    SettingError,
 )
 from probgen.core.gen import GenFn, gen, sample
 from probgen.core.gfi import GenerativeFunction, Mode
 from probgen.core.trace import Trace
+from probgen.core.validation import ValidationError, validate

@@ -14,10 +14,10 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception
+from probgen.core import interception, validation
 from probgen.core.choicemap import ChoiceMap, format_address
 from probgen.core.errors import ConstraintError
-from probgen.core.gen import gen, placeholder_like, sample
+from probgen.core.gen import _is_placeholder, gen, placeholder_like, sample
 from probgen.core.gfi import GenerativeFunction, Mode, check_args
 from probgen.core.trace import Trace
 from probgen.distributions import Categorical
@@ -36,6 +36,26 @@ def _check_leading_axis(name: str, constraints: ChoiceMap, size: int) -> None:
                 f"constraint at {full!r} under the {name} combinator needs a leading axis of "
                 f"size {size} (one value per element), got shape {tuple(shape)}"
             )
+
+
+def _fit_previous(constraints: ChoiceMap, length: int) -> tuple[ChoiceMap, bool]:
+    """``update`` with a new sequence length: cut or pad the old trace's values (not constraints).
+
+    Old values of steps past the new length are dropped; steps the old trace did not have
+    get placeholders, so they are drawn fresh. Hard constraints must match the length.
+    """
+    fitted, padded = {}, False
+    for address, value in constraints.to_dict().items():
+        shape = jnp.shape(value)
+        if shape and shape[0] != length and not interception.is_constraint(address):
+            if shape[0] > length:
+                value = value[:length]
+            else:
+                pad = placeholder_like(jnp.zeros((length - shape[0],) + shape[1:], jnp.asarray(value).dtype))
+                value = jnp.concatenate([value, pad])
+                padded = True
+        fitted[address] = value
+    return ChoiceMap(fitted), padded
 
 
 def _sum_extras(extras: dict) -> dict:
@@ -78,13 +98,13 @@ class VMap(GenerativeFunction):
 
         def one(k, c, a):
             trace, weight = self.gf._run(k, c, a, mode)
-            return trace.choices, trace.retval, trace.score, trace.extras, weight
+            return trace.choices, trace.retval, trace.score, trace.extras, trace.site_scores, weight
 
         with interception.combinator_scope("vmap"):
-            choices, retval, scores, extras, weights = jax.vmap(
+            choices, retval, scores, extras, site_scores, weights = jax.vmap(
                 one, in_axes=(None if key is None else 0, 0, in_axes), axis_size=size
             )(_split(key, size), constraints, args)
-        trace = Trace(self, args, retval, choices, jnp.sum(scores), _sum_extras(extras))
+        trace = Trace(self, args, retval, choices, jnp.sum(scores), _sum_extras(extras), site_scores)
         return trace, jnp.sum(weights)
 
 
@@ -150,11 +170,16 @@ class Scan(GenerativeFunction):
             raise TypeError(f"{self.__name__} takes (init_carry, xs), got {len(args)} arguments")
         init, xs = args
         length = self._length(xs)
+        constraints, padded = _fit_previous(constraints, length)
         _check_leading_axis(self.__name__, constraints, length)
 
         def body(carry, step_inputs):
             k, c, x = step_inputs
-            trace, weight = self.kernel._run(k, c, (carry, x), mode)
+            if padded:
+                with interception.placeholder_scope():
+                    trace, weight = self.kernel._run(k, c, (carry, x), mode)
+            else:
+                trace, weight = self.kernel._run(k, c, (carry, x), mode)
             out = trace.retval
             if not (isinstance(out, tuple) and len(out) == 2):
                 raise TypeError(
@@ -162,13 +187,13 @@ class Scan(GenerativeFunction):
                     f"{type(out).__name__}"
                 )
             new_carry, y = out
-            return new_carry, (trace.choices, y, trace.score, trace.extras, weight)
+            return new_carry, (trace.choices, y, trace.score, trace.extras, trace.site_scores, weight)
 
         with interception.combinator_scope("scan"):
-            final, (choices, ys, scores, extras, weights) = jax.lax.scan(
+            final, (choices, ys, scores, extras, site_scores, weights) = jax.lax.scan(
                 body, init, (_split(key, length), constraints, xs), length=length
             )
-        trace = Trace(self, args, (final, ys), choices, jnp.sum(scores), _sum_extras(extras))
+        trace = Trace(self, args, (final, ys), choices, jnp.sum(scores), _sum_extras(extras), site_scores)
         return trace, jnp.sum(weights)
 
 
@@ -202,21 +227,26 @@ class Switch(GenerativeFunction):
         self.branches = tuple(branches)
         self.__name__ = f"switch({', '.join(b.__name__ for b in self.branches)})"
 
-    def _union_layout(self, key, constraints, args, mode) -> dict:
-        """Shapes and dtypes of every branch's choices (static)."""
+    def _probe(self, key, constraints, args, mode) -> list[Trace]:
+        """Shapes of every branch's trace (static), each branch run on the same inputs."""
+        return [
+            jax.eval_shape(lambda k, c, a, b=branch: b._run(k, c, a, mode)[0], key, constraints, args)
+            for branch in self.branches
+        ]
+
+    def _union(self, probes: list[Trace], field: str) -> dict:
+        """Address -> ShapeDtypeStruct over every branch's ``choices`` or ``site_scores``."""
         layout: dict = {}
-        probe_key = jax.random.key(0) if key is None else key
-        probe_mode = Mode.GENERATE if mode is Mode.ASSESS else mode
-        for branch in self.branches:
-            shapes = jax.eval_shape(
-                lambda k, c, a, b=branch: b._run(k, c, a, probe_mode)[0].choices,
-                probe_key, constraints, args,
-            )
-            for address, spec in shapes.to_dict().items():
+        for probe in probes:
+            tree = getattr(probe, field)
+            if tree is None:
+                continue
+            for address, spec in tree.to_dict().items():
                 if address in layout and (layout[address].shape, layout[address].dtype) != (spec.shape, spec.dtype):
-                    raise ValueError(
+                    raise ConstraintError(
                         f"{self.__name__}: branches disagree on the shape of address "
-                        f"{format_address(address)!r}: {layout[address].shape} vs {spec.shape}"
+                        f"{format_address(interception.full_address(address))!r}: "
+                        f"{layout[address].shape} vs {spec.shape}"
                     )
                 layout[address] = spec
         return layout
@@ -225,42 +255,75 @@ class Switch(GenerativeFunction):
         if not args:
             raise TypeError(f"{self.__name__} takes (index, *branch_args)")
         index, branch_args = args[0], tuple(args[1:])
+        index = jnp.asarray(index)
+        if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):
+            raise ConstraintError(
+                f"{self.__name__}: the branch index must be an integer scalar, got "
+                f"{index.dtype}{list(index.shape)}"
+            )
+        # Assess runs the branches as generate: a branch not taken may lack its choices.
         run_mode = Mode.GENERATE if mode is Mode.ASSESS else mode
         run_key = jax.random.key(0) if key is None else key
-        with interception.combinator_scope("switch"):
-            layout = self._union_layout(key, constraints, branch_args, mode)
-            extra_names = set()
-            for branch in self.branches:
-                extras = jax.eval_shape(
-                    lambda k, c, a, b=branch: b._run(k, c, a, run_mode)[0].extras,
-                    run_key, constraints, branch_args,
-                )
-                extra_names |= set(extras)
-
-            def make(branch):
-                def run(k, c, a):
-                    trace, weight = branch._run(k, c, a, run_mode)
-                    own = trace.choices.to_dict()
-                    union = {
-                        address: own[address] if address in own else placeholder_like(jnp.zeros(s.shape, s.dtype))
-                        for address, s in layout.items()
-                    }
-                    extras = {n: trace.extras.get(n, jnp.zeros(())) for n in sorted(extra_names)}
-                    if mode is Mode.ASSESS:
-                        covered = all(address in c for address in own)
-                        score = trace.score if covered else jnp.nan
-                        weight = score
-                    else:
-                        score = trace.score
-                    return ChoiceMap(union), trace.retval, score, extras, weight
-
-                return run
-
-            choices, retval, score, extras, weight = jax.lax.switch(
-                jnp.asarray(index, jnp.int32), [make(b) for b in self.branches],
-                run_key, constraints, branch_args,
+        with interception.combinator_scope("switch"), interception.placeholder_scope():
+            probes = self._probe(run_key, constraints, branch_args, run_mode)
+            layout = self._union(probes, "choices")
+            score_layout = self._union(probes, "site_scores")
+            interception.record_switched(layout)
+            extra_names = sorted(set().union(*(set(p.extras) for p in probes)))
+            dtype = jnp.result_type(*[p.score.dtype for p in probes])
+            given = [a for a in constraints.addresses()
+                     if mode is Mode.ASSESS or interception.is_constraint(a)]
+            branches = [self._branch(b, set(p.choices.addresses()), layout, score_layout, extra_names,
+                                     given, mode, dtype)
+                        for b, p in zip(self.branches, probes)]
+            count = len(self.branches)
+            validation.check(
+                (index >= 0) & (index < count),
+                f"{self.__name__}: branch index {{index}} is out of range [0, {count})", index=index,
             )
-        return Trace(self, args, retval, choices, score, extras), weight
+            choices, retval, score, extras, site_scores, weight = jax.lax.switch(
+                jnp.clip(index, 0, count - 1).astype(jnp.int32), branches, run_key, constraints, branch_args,
+            )
+        # An out-of-range index is not clamped into a silent answer: its score is NaN.
+        in_range = (index >= 0) & (index < count)
+        score = jnp.where(in_range, score, jnp.nan)
+        weight = jnp.where(in_range, weight, jnp.nan)
+        return Trace(self, args, retval, choices, score, extras, site_scores), weight
+
+    @staticmethod
+    def _branch(branch, own, layout, score_layout, extra_names, given, mode, dtype):
+        # Given values at addresses this branch never visits: if one is real (not a
+        # placeholder), the choices are impossible under this branch.
+        foreign = [a for a in given if a not in own]
+        covered = all(a in given for a in own)
+
+        def run(k, c, a):
+            trace, weight = branch._run(k, c, a, Mode.GENERATE if mode is Mode.ASSESS else mode)
+            mine = trace.choices.to_dict()
+            choices = {address: mine[address] if address in mine else placeholder_like(jnp.zeros(s.shape, s.dtype))
+                       for address, s in layout.items()}
+            mine_scores = trace.site_scores.to_dict() if trace.site_scores is not None else {}
+            site_scores = {address: mine_scores[address] if address in mine_scores else jnp.zeros(s.shape, s.dtype)
+                           for address, s in score_layout.items()}
+            extras = {n: trace.extras.get(n, jnp.zeros((), dtype)) for n in extra_names}
+            impossible = jnp.asarray(False)
+            for address in foreign:
+                impossible = impossible | ~_is_placeholder(jnp.asarray(c[address]))
+            score = trace.score.astype(dtype)
+            if mode is Mode.ASSESS:
+                # Every choice of the taken branch must be given (not a placeholder).
+                missing = jnp.asarray(not covered)
+                for address in own:
+                    if address in given:
+                        missing = missing | _is_placeholder(jnp.asarray(c[address]))
+                score = jnp.where(missing, jnp.nan, score)
+                weight = score
+            weight = jnp.where(impossible, -jnp.inf, jnp.asarray(weight, dtype))
+            if mode is Mode.ASSESS:
+                score = weight
+            return ChoiceMap(choices), trace.retval, score, extras, ChoiceMap(site_scores), weight
+
+        return run
 
 
 def switch(*branches: GenerativeFunction) -> Switch:
@@ -304,9 +367,15 @@ def mix(*components: GenerativeFunction) -> GenerativeFunction:
         [('component',), ('value', 'x')]
     """
     branches = switch(*components)
+    count = len(components)
 
     @gen
     def mixture(logits, *args):
+        if jnp.shape(logits)[-1:] != (count,):
+            raise ConstraintError(
+                f"{mixture.__name__}: logits has shape {tuple(jnp.shape(logits))}, but there are "
+                f"{count} components (the last axis must have size {count})"
+            )
         index = sample("component", Categorical(logits=logits))
         return sample("value", branches, index, *args)
 

@@ -28,3 +28,7 @@ class ArgumentError(ProbgenError, TypeError):
 
 class StrategyError(ProbgenError, ValueError):
     """A gradient strategy was asked of a distribution that cannot support it."""
+
+
+class SettingError(ProbgenError, ValueError):
+    """A static setting (a count, a threshold, a scheme name) is out of its range."""

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception
+from probgen.core import interception, validation
 from probgen.core.choicemap import ChoiceMap, format_address, normalize_address
 from probgen.core.errors import AddressError, ConstraintError, MissingChoiceError, StrategyError
 from probgen.core.gfi import GenerativeFunction, Mode, add_extras, zero
@@ -72,6 +72,7 @@ class _Handler:
         self.score = zero()
         self.weight = zero()
         self.extras: dict = {}
+        self.site_scores: dict[tuple[str, ...], Any] = {}
         self.counter = 0
 
     def __enter__(self):
@@ -147,6 +148,8 @@ class _Handler:
         with interception.address_scope(path):
             trace, weight = gf._run(key, sub if sub is not None else ChoiceMap(), args, self.mode)
         self.entries[path] = trace.choices
+        # A callee whose score does not split by site is one unit at its address.
+        self.site_scores[path] = trace.site_scores if trace.site_scores is not None else trace.score
         self.score = self.score + trace.score
         self.weight = self.weight + weight
         self.extras = add_extras(self.extras, trace.extras)
@@ -180,24 +183,30 @@ class _Handler:
                 f"assess of {self.gf_name}: no value for sample site {format_address(full)!r}; "
                 "assess needs every choice (use generate to draw the missing ones)"
             )
-        lp_dist = jax.tree.map(jax.lax.stop_gradient, dist) if strategy is PATH else dist
+        if validation.is_validating():
+            _check_distribution(full, dist, value)
+        # PATH (sticking the landing) stops the parameters in the log density of a value
+        # the site *draws*; a given value keeps its full gradient (assess, generate, update).
+        drawn_dist = jax.tree.map(jax.lax.stop_gradient, dist) if strategy is PATH else dist
         extras: dict = {}
         if value is None:
             value, extras = self._draw(full, dist, strategy, options, key)
-            log_p = protocol.log_density(lp_dist, value)
-        elif self.mode is Mode.GENERATE and "switch" in interception.current_combinators():
-            # Inside a switch branch, a placeholder value (left by a branch not taken
-            # in an earlier trace) counts as absent: draw fresh, add no weight.
+            log_p = protocol.log_density(drawn_dist, value)
+        elif self.mode is not Mode.ASSESS and interception.in_placeholder_scope():
+            # A placeholder (left by a switch branch not taken, or a padded scan step)
+            # counts as absent: draw fresh and add no weight.
             absent = _is_placeholder(value)
             fresh, extras = self._draw(full, dist, strategy, options, key)
-            extras = jax.tree.map(lambda e: jnp.where(absent, e, 0.0), extras)
+            extras = jax.tree.map(lambda e: jnp.where(absent, e, jnp.zeros_like(e)), extras)
             value = jnp.where(absent, fresh, value)
-            log_p = protocol.log_density(lp_dist, value)
-            self.weight = self.weight + jnp.where(absent, 0.0, log_p)
+            given_log_p = protocol.log_density(dist, value)
+            log_p = jnp.where(absent, protocol.log_density(drawn_dist, value), given_log_p)
+            self.weight = self.weight + jnp.where(absent, jnp.zeros_like(given_log_p), given_log_p)
         else:
-            log_p = protocol.log_density(lp_dist, value)
+            log_p = protocol.log_density(dist, value)
             self.weight = self.weight + log_p
         self.entries[path] = value
+        self.site_scores[path] = log_p
         self.score = self.score + log_p
         self.extras = add_extras(self.extras, extras)
         return value
@@ -225,12 +234,20 @@ def placeholder_like(value: jax.Array) -> jax.Array:
     return jnp.zeros_like(value)
 
 
-def _is_placeholder(value: jax.Array) -> jax.Array:
+def _is_placeholder(value: jax.Array, batch_ndim: int = 0) -> jax.Array:
+    """Whether ``value`` is a placeholder (all NaN / the integer minimum), per leading element.
+
+    With ``batch_ndim = k`` the answer has the first ``k`` axes of ``value`` (one flag per
+    element of a ``vmap``/``scan`` axis); the remaining axes are reduced.
+    """
+    value = jnp.asarray(value)
     if jnp.issubdtype(value.dtype, jnp.floating):
-        return jnp.all(jnp.isnan(value))
-    if jnp.issubdtype(value.dtype, jnp.integer):
-        return jnp.all(value == jnp.iinfo(value.dtype).min)
-    return jnp.asarray(False)
+        flags = jnp.isnan(value)
+    elif jnp.issubdtype(value.dtype, jnp.integer):
+        flags = value == jnp.iinfo(value.dtype).min
+    else:
+        return jnp.zeros(value.shape[:batch_ndim], bool)
+    return jnp.all(flags, axis=tuple(range(batch_ndim, value.ndim)))
 
 
 class GenFn(GenerativeFunction):
@@ -245,7 +262,8 @@ class GenFn(GenerativeFunction):
         handler = _Handler(self.__name__, key, constraints, mode)
         with handler:
             retval = self.fn(*args)
-        trace = Trace(self, args, retval, handler.choices(), handler.score, handler.extras)
+        trace = Trace(self, args, retval, handler.choices(), handler.score, handler.extras,
+                      ChoiceMap(handler.site_scores))
         return trace, handler.weight
 
     def __call__(self, *args):
@@ -273,3 +291,31 @@ def gen(fn: Callable) -> GenFn:
         -1.8379
     """
     return GenFn(fn)
+
+
+def _check_distribution(full, dist, value) -> None:
+    """Validation mode: the site's parameters satisfy their constraints; a given value is in the support."""
+    where = format_address(full)
+    name = type(dist).__name__
+    for param, constraint in (getattr(dist, "arg_constraints", None) or {}).items():
+        if param not in vars(dist) and not hasattr(type(dist), param):
+            continue
+        try:
+            array = getattr(dist, param)
+            ok = constraint.check(array)
+        except Exception:  # a constraint numpyro cannot check on this parameter
+            continue
+        validation.check(
+            ok, f"sample site {where!r}: {name} parameter {param!r} is out of its constraint "
+            f"({_constraint_name(constraint)}), got {{value}}", value=jnp.asarray(array)
+        )
+    support = getattr(dist, "support", None)
+    if value is not None and support is not None and hasattr(support, "check"):
+        validation.check(
+            support.check(value), f"sample site {where!r}: value {{value}} is outside the support "
+            f"of {name} ({_constraint_name(support)})", value=value
+        )
+
+
+def _constraint_name(constraint) -> str:
+    return type(constraint).__name__.lstrip("_").replace("Interval", "interval").lower()

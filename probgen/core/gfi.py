@@ -55,7 +55,8 @@ class GenerativeFunction:
             [('flip',)]
         """
         check_args(self, args)
-        trace, _ = self._run(key, EMPTY, args, Mode.SIMULATE)
+        with interception.public_call():
+            trace, _ = self._run(key, EMPTY, args, Mode.SIMULATE)
         interception.report_trace(trace)
         return trace
 
@@ -73,7 +74,8 @@ class GenerativeFunction:
         """
         check_args(self, args)
         choices = as_choicemap(choices)
-        trace, weight = self._run(None, choices, args, Mode.ASSESS)
+        with interception.public_call():
+            trace, weight = self._run(None, choices, args, Mode.ASSESS)
         check_consumed(self, choices, trace.choices)
         interception.report_trace(trace)
         return trace.score, trace.retval
@@ -96,7 +98,8 @@ class GenerativeFunction:
         """
         check_args(self, args)
         constraints = as_choicemap(constraints)
-        trace, weight = self._run(key, constraints, args, Mode.GENERATE)
+        with interception.public_call():
+            trace, weight = self._run(key, constraints, args, Mode.GENERATE)
         check_consumed(self, constraints, trace.choices)
         interception.report_trace(trace)
         return trace, weight
@@ -122,17 +125,96 @@ class GenerativeFunction:
             >>> bool(discarded["z"] == tr["z"])
             True
         """
+        new_trace, weight, discarded, _ = self._update(key, trace, constraints, args, "update")
+        return new_trace, weight - trace.score, discarded
+
+    def regenerate(self, key: jax.Array, trace: Trace, selection: Any) -> tuple[Trace, jax.Array]:
+        """Redraw the ``selection`` from the prior given the other choices; the MH log ratio.
+
+        Returns ``(new_trace, log_alpha)`` with ``log_alpha = log p(new) q(old | new) /
+        (p(old) q(new | old))`` for the proposal that redraws the selected choices (and any
+        choice the new execution visits for the first time) from the prior and drops the
+        choices it no longer visits: the sum of the log densities of the kept, unselected
+        choices under the new trace minus the same under the old. Accepting with
+        probability ``min(1, exp(log_alpha))`` leaves the posterior invariant, also when a
+        selected ``switch``/``mix`` index changes which addresses exist.
+
+        Example:
+            >>> import jax, probgen as pg
+            >>> @pg.gen
+            ... def model():
+            ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
+            ...     return pg.sample("x", pg.Normal(z, 1.0))
+            >>> tr, _ = model.generate(jax.random.key(0), {"x": 1.0, "z": 0.0})
+            >>> new, log_alpha = model.regenerate(jax.random.key(1), tr, pg.select("z"))
+            >>> expected = pg.Normal(new["z"], 1.0).log_prob(1.0) - pg.Normal(0.0, 1.0).log_prob(1.0)
+            >>> bool(abs(log_alpha - expected) < 1e-5)
+            True
+        """
+        from probgen.core.choicemap import as_selection
+
+        selection = as_selection(selection)
+        kept_old = trace.choices.filter(selection.complement())
+        new_trace, weight, _, kept = self._update(key, trace.__class__(
+            trace.gf, trace.args, trace.retval, kept_old, trace.score, trace.extras, trace.site_scores
+        ), EMPTY, trace.args, "regenerate")
+        if trace.site_scores is None:
+            raise ConstraintError(f"regenerate: the trace of {self.__name__} has no per-site scores")
+        old_kept = _masked_sum(trace.site_scores, selection, kept)
+        return new_trace, weight - old_kept
+
+    def _update(self, key, trace: Trace, constraints, args, where: str):
+        """The shared body of ``update`` and ``regenerate``: ``(trace, weight, discarded, kept)``.
+
+        ``kept`` maps each old address to a boolean (array) saying whether the new trace
+        still holds a value there (False for values of switch branches no longer taken).
+        """
+        if not isinstance(trace, Trace):
+            raise ArgumentError(f"{where} of {self.__name__} needs a pg.Trace, got {type(trace).__name__}")
+        if trace.gf is not self:
+            raise ArgumentError(
+                f"{where} of {self.__name__} was given a trace of {getattr(trace.gf, '__name__', trace.gf)!r}; "
+                "a trace can only be updated by the generative function that made it"
+            )
         args = trace.args if not args else args
         check_args(self, args)
         constraints = as_choicemap(constraints)
         merged = trace.choices.merge(constraints)
-        new_trace, weight = self._run(key, merged, args, Mode.GENERATE)
+        from probgen.core.gen import _is_placeholder, placeholder_like
+
+        with interception.public_call(constraints.addresses()) as switched:
+            prefix = interception.full_address(())
+            new_trace, weight = self._run(key, merged, args, Mode.GENERATE)
         check_consumed(self, constraints, new_trace.choices)
-        replaced = trace.choices.filter(constraints.addresses())
-        dropped = [a for a in trace.choices.addresses() if a not in new_trace.choices]
-        discarded = replaced.merge(trace.choices.filter(dropped)) if dropped else replaced
+        switched = {a[len(prefix):] for a in switched}
+        replaced = set(constraints.addresses())
+        discarded, kept = {}, {}
+        new_scores = new_trace.site_scores.to_dict() if new_trace.site_scores is not None else {}
+        for address, old in trace.choices.to_dict().items():
+            if address not in new_trace.choices:
+                kept[address] = jnp.asarray(False)
+                discarded[address] = old
+                continue
+            new = new_trace.choices[address]
+            if jnp.shape(new) != jnp.shape(old):      # a scan run with a new length
+                kept[address] = jnp.asarray(True)
+                discarded[address] = old
+            elif address in switched:
+                # One flag per element of the vmap/scan axes above the site.
+                batch_ndim = jnp.ndim(new_scores[address]) if address in new_scores else 0
+                dropped = _is_placeholder(new, batch_ndim) & ~_is_placeholder(old, batch_ndim)
+                kept[address] = ~dropped
+                if address in replaced:
+                    discarded[address] = old
+                else:
+                    mask = dropped.reshape(dropped.shape + (1,) * (jnp.ndim(old) - batch_ndim))
+                    discarded[address] = jnp.where(mask, old, placeholder_like(old))
+            else:
+                kept[address] = jnp.asarray(True)
+                if address in replaced:
+                    discarded[address] = old
         interception.report_trace(new_trace)
-        return new_trace, weight - trace.score, discarded
+        return new_trace, weight, ChoiceMap(discarded), kept
 
     # Convenience so that ``gf.simulate`` etc. can be jitted with the GF closed over.
     def __repr__(self) -> str:
@@ -170,7 +252,29 @@ def check_args(gf: GenerativeFunction, args: tuple) -> None:
 
 
 def zero() -> jax.Array:
-    return jnp.zeros((), dtype=jnp.float32)
+    """A weakly typed scalar 0: adding a log density keeps that density's dtype."""
+    return jnp.asarray(0.0)
+
+
+def _masked_sum(site_scores: ChoiceMap, selection, kept: dict) -> jax.Array:
+    """Sum of the site scores at unselected addresses whose values the new trace kept."""
+    total = zero()
+    for address, score in site_scores.to_dict().items():
+        if selection.contains(address):
+            continue
+        inner = [a for a in kept if a[: len(address)] == address]
+        if len(inner) > 1 or (inner and inner[0] != address):
+            # A callee scored as one unit (marginal / normalized family).
+            if any(selection.contains(a) for a in inner):
+                raise ConstraintError(
+                    f"regenerate: {format_address(address)!r} is scored as one unit (a marginal or "
+                    "normalized family); select all of it or none"
+                )
+            keep = jnp.all(jnp.stack([jnp.all(kept[a]) for a in inner]))
+        else:
+            keep = kept[address] if inner else jnp.asarray(True)
+        total = total + jnp.sum(jnp.where(keep, score, jnp.zeros_like(score)))
+    return total
 
 
 def add_extras(a: dict, b: dict) -> dict:

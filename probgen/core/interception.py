@@ -22,6 +22,9 @@ from probgen.distributions.strategies import Strategy
 _INTERCEPTORS: list[Any] = []
 _ADDRESS_PREFIX: list[tuple[str, ...]] = []
 _COMBINATORS: list[str] = []
+_CONSTRAINED: list[Any] = []      # per public call: None (every given value is a constraint) or a set
+_PLACEHOLDERS: list[bool] = []    # values here may be placeholders (switch branches, padded scans)
+_SWITCHED: list[set] = []         # per public call: full addresses that sit under a switch
 
 
 class Site(NamedTuple):
@@ -81,3 +84,55 @@ def full_address(path: tuple[str, ...]) -> tuple[str, ...]:
 
 def current_combinators() -> tuple[str, ...]:
     return tuple(_COMBINATORS)
+
+
+@contextlib.contextmanager
+def public_call(constrained: Any = None) -> Iterator[set]:
+    """Scope of one public GF method: which given values are hard constraints.
+
+    ``constrained`` is None when every given value is a constraint (generate, assess),
+    or the set of full addresses of the new constraints (update: the old trace's other
+    values may be dropped). Yields the set of full addresses that lie under a switch.
+    """
+    prefix = full_address(())
+    if constrained is not None:
+        constrained = {prefix + a for a in constrained}
+    _CONSTRAINED.append(constrained)
+    _SWITCHED.append(set())
+    # A public call starts a fresh program: enclosing switch/padding scopes do not reach into it.
+    saved = list(_PLACEHOLDERS)
+    _PLACEHOLDERS.clear()
+    try:
+        yield _SWITCHED[-1]
+    finally:
+        _PLACEHOLDERS[:] = saved
+        _SWITCHED.pop()
+        _CONSTRAINED.pop()
+
+
+def is_constraint(path: tuple[str, ...]) -> bool:
+    """Whether the given value at ``path`` (relative to the current scope) is a hard constraint."""
+    if not _CONSTRAINED or _CONSTRAINED[-1] is None:
+        return True
+    full = full_address(path)
+    return any(full[: len(c)] == c for c in _CONSTRAINED[-1])
+
+
+@contextlib.contextmanager
+def placeholder_scope() -> Iterator[None]:
+    """Values given in this scope may be placeholders, which count as absent."""
+    _PLACEHOLDERS.append(True)
+    try:
+        yield
+    finally:
+        _PLACEHOLDERS.pop()
+
+
+def in_placeholder_scope() -> bool:
+    return bool(_PLACEHOLDERS)
+
+
+def record_switched(paths) -> None:
+    """Note (relative) addresses that sit under a switch, for ``update``'s ``discarded``."""
+    if _SWITCHED:
+        _SWITCHED[-1].update(full_address(p) for p in paths)

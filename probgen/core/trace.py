@@ -20,6 +20,11 @@ class Trace:
       choices: a :class:`ChoiceMap` of every random choice.
       score: ``log p(choices; args)``, the log joint density of the choices.
       extras: per-estimator sums collected from sites by ``pg.vi`` (empty otherwise).
+      site_scores: a :class:`ChoiceMap` parallel to ``choices`` holding each site's log
+        density (summed over the site's own batch dimensions; a leading axis under
+        ``vmap``/``scan``; 0 at addresses of ``switch`` branches not taken), or None for
+        generative functions whose score does not split by site (``pg.vi.marginal``).
+        Moves that keep some sites and drop others (``regenerate``) read it.
 
     Example:
         >>> import jax, probgen as pg
@@ -31,18 +36,19 @@ class Trace:
         True
     """
 
-    __slots__ = ("gf", "args", "retval", "choices", "score", "extras")
+    __slots__ = ("gf", "args", "retval", "choices", "score", "extras", "site_scores")
 
-    def __init__(self, gf, args, retval, choices, score, extras=None):
+    def __init__(self, gf, args, retval, choices, score, extras=None, site_scores=None):
         self.gf = gf
         self.args = args
         self.retval = retval
         self.choices = choices
         self.score = score
         self.extras = {} if extras is None else extras
+        self.site_scores = site_scores
 
     def tree_flatten(self):
-        return (self.args, self.retval, self.choices, self.score, self.extras), self.gf
+        return (self.args, self.retval, self.choices, self.score, self.extras, self.site_scores), self.gf
 
     @classmethod
     def tree_unflatten(cls, gf, children):
@@ -50,18 +56,6 @@ class Trace:
 
     def __getitem__(self, address: Address) -> Any:
         return self.choices[address]
-
-    def get_choices(self) -> ChoiceMap:
-        return self.choices
-
-    def get_score(self):
-        return self.score
-
-    def get_retval(self):
-        return self.retval
-
-    def get_args(self):
-        return self.args
 
     def __repr__(self) -> str:
         name = getattr(self.gf, "__name__", type(self.gf).__name__)

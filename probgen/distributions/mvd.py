@@ -73,7 +73,10 @@ def supported_names() -> list[str]:
 
 
 def _batch(x: jax.Array, dist: Any) -> jax.Array:
-    return jnp.broadcast_to(jnp.asarray(x, jnp.float32), tuple(dist.batch_shape))
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.result_type(float))
+    return jnp.broadcast_to(x, tuple(dist.batch_shape))
 
 
 def _normal(dist: Any) -> list[MVDTerm]:
@@ -104,15 +107,15 @@ def _normal(dist: Any) -> list[MVDTerm]:
 def _bernoulli(dist: Any) -> list[MVDTerm]:
     # E f = p f(1) + (1-p) f(0): d/dp = f(1) - f(0).
     probs = _batch(dist.probs, dist)
-    ones = jnp.ones(probs.shape)
-    return [MVDTerm(probs, ones, lambda k: ones, lambda k: jnp.zeros(probs.shape))]
+    ones = jnp.ones(probs.shape, probs.dtype)
+    return [MVDTerm(probs, ones, lambda k: ones, lambda k: jnp.zeros(probs.shape, probs.dtype))]
 
 
 def _categorical(dist: Any) -> list[MVDTerm]:
     # E f = sum_k p_k f(k) as a function of the (unconstrained) vector p: d/dp_k = f(k).
     probs = jnp.broadcast_to(dist.probs, tuple(dist.batch_shape) + (dist.probs.shape[-1],))
     num = probs.shape[-1]
-    cats = jnp.broadcast_to(jnp.arange(num, dtype=jnp.float32), probs.shape)
+    cats = jnp.broadcast_to(jnp.arange(num, dtype=probs.dtype), probs.shape)
     return [MVDTerm(probs, jnp.ones(probs.shape), lambda k: cats, None, group=num)]
 
 
@@ -121,8 +124,8 @@ def _poisson(dist: Any) -> list[MVDTerm]:
     rate = _batch(dist.rate, dist)
     sg_rate = jax.lax.stop_gradient(rate)
     return [MVDTerm(rate, jnp.ones(rate.shape),
-                    lambda k: 1.0 + jax.random.poisson(k, sg_rate).astype(jnp.float32),
-                    lambda k: jax.random.poisson(k, sg_rate).astype(jnp.float32))]
+                    lambda k: 1.0 + jax.random.poisson(k, sg_rate).astype(rate.dtype),
+                    lambda k: jax.random.poisson(k, sg_rate).astype(rate.dtype))]
 
 
 def _geometric_draw(key, probs):

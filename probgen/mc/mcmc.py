@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from probgen.core.choicemap import ChoiceMap, Selection, as_selection, format_address
 from probgen.core.trace import Trace
 from probgen.kernels import Kernel
-from probgen.mc.replay import replay_generate
 
 
 class MCMCInfo(NamedTuple):
@@ -308,12 +307,12 @@ def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
 def regenerate(selection) -> Kernel:
     """Gibbs-style regeneration: redraw the selected choices from the prior, then MH-correct.
 
-    The proposal draws the selected choices from their prior given the others (running
-    ``generate`` with the unselected choices constrained). Its MH acceptance ratio is
-    ``exp(w_new - w_old)``, where ``w`` is the log density of the *unselected* choices
-    (the prior density of the selected ones cancels against the proposal), not the
-    ratio of joint densities. Works for any value type (discrete included). The selected
-    sites must lie outside ``vmap``/``scan``/``repeat`` combinators.
+    The proposal draws the selected choices from their prior given the others
+    (``GenerativeFunction.regenerate``). Its MH acceptance ratio is the ratio of the log
+    densities of the *kept, unselected* choices under the new and the old trace (the
+    prior density of redrawn ones cancels against the proposal; so does that of choices
+    a ``switch``/``mix`` branch change drops or adds), not the ratio of joint densities.
+    Works for any value type (discrete included).
 
     Args:
       selection: a ``pg.Selection`` or addresses.
@@ -338,10 +337,8 @@ def regenerate(selection) -> Kernel:
     def step(key, trace):
         _selected(trace, selection, "regenerate", continuous=False)
         k_gen, k_accept = jax.random.split(key)
-        rest = trace.choices.filter(selection.complement())
-        new_trace, w_new = trace.gf.generate(k_gen, rest, *trace.args)
-        _, w_old = replay_generate(trace.gf, trace.choices, selection, *trace.args)
-        accepted, info = _accept(k_accept, w_new - w_old)
+        new_trace, log_alpha = trace.gf.regenerate(k_gen, trace, selection)
+        accepted, info = _accept(k_accept, log_alpha)
         return _where(accepted, new_trace, trace), info
 
     return Kernel(init=_init_trace("regenerate"), step=step)

@@ -18,6 +18,7 @@ from probgen.vi.estimator import (
 from probgen.vi.marginal import Marginal, Normalized, marginal, normalize
 from probgen.vi.objectives import (
     Objective,
+    PathBiasWarning,
     cubo,
     diwhvi,
     elbo,
@@ -33,7 +34,7 @@ from probgen.vi.objectives import (
 )
 
 __all__ = [
-    "EstimatorError", "Expectation", "Marginal", "Normalized", "Objective", "add_score_term",
+    "EstimatorError", "Expectation", "Marginal", "Normalized", "Objective", "PathBiasWarning", "add_score_term",
     "cubo", "diwhvi", "elbo", "expectation", "forward_chi2", "hvi", "iwae", "iwhvi",
     "log_weight", "marginal", "model_log_density", "normalize", "renyi", "rws", "vimco", "vmap",
 ]

@@ -42,6 +42,7 @@ import math
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
@@ -75,7 +76,14 @@ class _SiteInfo(NamedTuple):
 
 
 def _zero():
-    return jnp.zeros((), jnp.float32)
+    # Weakly typed: sums keep the dtype of the terms added to it (float32 or float64).
+    return jnp.asarray(0.0)
+
+
+def _as_float(x) -> jax.Array:
+    """``x`` as an array of its own floating dtype (integers become the default float)."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
 class _Collector:
@@ -87,6 +95,7 @@ class _Collector:
 
     def __init__(self, mode: str, enum_index=None, perturb=None, mvd_numbers=None, optimistic=False):
         self.mode = mode
+        self.trace_state = None          # JAX's trace state where the program started
         self.optimistic = optimistic
         self.enum_index = enum_index or {}
         self.perturb = perturb
@@ -111,7 +120,7 @@ class _Collector:
             extras = {_LOGP: log_p}
             baseline = site.options.get("baseline")
             if baseline is not None:
-                extras[_BASELINE] = -(log_p - sg(log_p)) * sg(jnp.asarray(baseline, jnp.float32))
+                extras[_BASELINE] = -(log_p - sg(log_p)) * sg(_as_float(baseline))
             return value, extras
         if site.strategy in (ENUM, MVD):
             return self._draw_exact(site, key)
@@ -120,6 +129,14 @@ class _Collector:
     # -- ENUM / MVD -------------------------------------------------------------------
     def _draw_exact(self, site, key):
         where = format_address(site.address)
+        if self.trace_state is not None and _trace_state() != self.trace_state:
+            raise StrategyError(
+                f"sample site {where!r} uses {site.strategy.value}, which re-executes the program at "
+                "other values of the site, but the site is reached under a JAX transformation "
+                "(jax.vmap, lax.scan, ...) inside the program, where one enumerated value would be "
+                "shared by every batch member; use pg.REINFORCE there, batch with pg.vi.vmap "
+                "(REINFORCE only) and sequences with pg.scan"
+            )
         if site.combinators or self.mode == "batched":
             inside = "/".join(site.combinators) or "pg.vi.vmap / pg.vi.marginal"
             raise StrategyError(
@@ -198,7 +215,12 @@ class _Run(NamedTuple):
     mvd_records: list
 
 
+def _trace_state():
+    return jax.extend.core.get_opaque_trace_state(convention="probgen")
+
+
 def _execute(program, key, args, collector: _Collector) -> _Run:
+    collector.trace_state = _trace_state()
     with interception.intercept(collector):
         value = program(key, *args)
     value = jnp.asarray(value)
@@ -208,7 +230,7 @@ def _execute(program, key, args, collector: _Collector) -> _Run:
             "reduce it (sum or mean) inside the program"
         )
     logp, zero = collector.totals()
-    return _Run(value.astype(jnp.float32), logp, zero, collector.enum_logw, collector.mvd_records)
+    return _Run(_as_float(value), logp, zero, collector.enum_logw, collector.mvd_records)
 
 
 def _surrogate(run: _Run) -> jax.Array:
@@ -335,7 +357,12 @@ def expectation(program: Callable[..., Any]) -> Expectation:
             return at_grid_point({})[0]
         grid = _enum_grid(enum_sites)
         surrogates, log_weights = jax.vmap(at_grid_point)(grid)
-        return jnp.sum(jnp.exp(log_weights) * surrogates)
+        # Assignments of probability zero contribute nothing (not 0 * inf = NaN); the
+        # double where keeps their NaN out of the gradient too.
+        possible = log_weights > -jnp.inf
+        safe_log_w = jnp.where(possible, log_weights, 0.0)
+        safe_surrogates = jnp.where(possible, surrogates, 0.0)
+        return jnp.sum(jnp.where(possible, jnp.exp(safe_log_w) * safe_surrogates, 0.0))
 
     return Expectation(estimate, program)
 
@@ -411,6 +438,6 @@ def add_score_term(log_prob: jax.Array, learning_signal: jax.Array) -> None:
     collector = _current_collector()
     if collector is None:
         raise EstimatorError("add_score_term must be called inside a program run by pg.vi.expectation")
-    log_prob = jnp.asarray(log_prob, jnp.float32)
-    learning_signal = jnp.broadcast_to(jnp.asarray(learning_signal, jnp.float32), log_prob.shape)
+    log_prob = _as_float(log_prob)
+    learning_signal = jnp.broadcast_to(_as_float(learning_signal), log_prob.shape)
     collector.zero_terms.append(jnp.sum((log_prob - sg(log_prob)) * sg(learning_signal)))

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from probgen.core import interception
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_selection
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
@@ -60,8 +61,7 @@ class Marginal(GenerativeFunction):
     """The marginal of a generative function over the ``keep`` addresses (see :func:`marginal`)."""
 
     def __init__(self, gf: GenerativeFunction, keep, proposal: GenerativeFunction, num_particles: int):
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"marginal needs a positive int num_particles, got {num_particles!r}")
+        num_particles = static_int(num_particles, "num_particles", "marginal")
         if not isinstance(proposal, GenerativeFunction):
             raise TypeError(f"marginal: proposal must be a generative function, got {type(proposal).__name__}")
         self.gf = gf
@@ -137,8 +137,7 @@ class Normalized(GenerativeFunction):
     """SIR over an unnormalized target (see :func:`normalize`). Args: (observations, target_args, proposal_args)."""
 
     def __init__(self, target: GenerativeFunction, proposal: GenerativeFunction, num_particles: int):
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"normalize needs a positive int num_particles, got {num_particles!r}")
+        num_particles = static_int(num_particles, "num_particles", "normalize")
         self.target = target
         self.proposal = proposal
         self.num_particles = num_particles

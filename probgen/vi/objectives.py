@@ -23,12 +23,17 @@ guide_args) -> number`` with GF calls and wrap it with ``pg.vi.expectation``; se
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from probgen.core import interception
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
+from probgen.core.errors import SettingError
+from probgen.distributions.strategies import PATH
 from probgen.core.gfi import GenerativeFunction
 from probgen.vi.estimator import EstimatorError, add_score_term, expectation, vmap
 from probgen.vi.marginal import marginal
@@ -72,8 +77,22 @@ def log_weight(model, guide, key, observations, model_args, guide_args):
     """One importance weight ``log p(x, z) - log q(z)`` with ``z ~ guide``; returns (log_w, guide_trace)."""
     k_guide, k_model = jax.random.split(key)
     trace = guide.simulate(k_guide, *guide_args)
-    log_p = model_log_density(model, k_model, trace.choices.merge(as_choicemap(observations)), model_args)
+    observations = as_choicemap(observations)
+    _check_not_observed(guide, trace.choices, observations)
+    log_p = model_log_density(model, k_model, trace.choices.merge(observations), model_args)
     return log_p - trace.score, trace
+
+
+def _check_not_observed(guide, choices: ChoiceMap, observations: ChoiceMap) -> None:
+    """A guide proposes latent choices only: an observed address in its trace is an error."""
+    clash = [a for a in choices.addresses() if a in observations]
+    if clash:
+        names = ", ".join(repr(format_address(a)) for a in clash)
+        raise EstimatorError(
+            f"guide {guide.__name__} proposes the observed address(es) {names}; the observation "
+            "would silently replace its draw while its density stays in log q. A guide proposes "
+            "latent choices only"
+        )
 
 
 def _objective(program: Callable, sign: float = -1.0) -> Objective:
@@ -88,12 +107,46 @@ def _objective(program: Callable, sign: float = -1.0) -> Objective:
     return Objective(loss, estimate)
 
 
-def _check_particles(name: str, num_particles: int, least: int = 1) -> None:
-    if not isinstance(num_particles, int) or num_particles < least:
-        raise ValueError(f"{name}: num_particles must be an int >= {least}, got {num_particles!r}")
+def _check_particles(name: str, num_particles: int, least: int = 1) -> int:
+    return static_int(num_particles, "num_particles", name, least)
 
 
-def _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, return_score=False):
+class _PathSites:
+    """Interceptor that records the guide's PATH sites while its shape is traced."""
+
+    def __init__(self):
+        self.addresses: list = []
+
+    def draw(self, site, key):
+        if site.strategy is PATH:
+            self.addresses.append(site.address)
+        return None
+
+
+def _warn_path_bias(name: str, guide, key, guide_args) -> None:
+    """PATH (sticking the landing) in a multi-sample bound gives a biased gradient: say so."""
+    recorder = _PathSites()
+    with interception.intercept(recorder):
+        jax.eval_shape(lambda k, a: guide.simulate(k, *a).score, key, tuple(guide_args))
+    if recorder.addresses:
+        names = ", ".join(repr(format_address(a)) for a in recorder.addresses)
+        warnings.warn(
+            f"{name}: guide site(s) {names} use pg.PATH; in a multi-sample bound this is the "
+            "sticking-the-landing estimator, whose gradient is biased (Tucker et al. 2018); use "
+            "pg.REPARAM for an unbiased gradient",
+            PathBiasWarning, stacklevel=3,
+        )
+
+
+class PathBiasWarning(UserWarning):
+    """A PATH (sticking-the-landing) site in iwae / vimco / renyi / cubo: a biased gradient."""
+
+
+def _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, return_score=False,
+                 name=None):
+    if name is not None:
+        _warn_path_bias(name, guide, key, guide_args)
+
     def one(k):
         return log_weight(model, guide, k, observations, model_args, guide_args)[0]
 
@@ -138,7 +191,7 @@ def elbo(model: GenerativeFunction, guide: GenerativeFunction, *, beta: float = 
         >>> pg.vi.elbo(model, guide, num_particles=8).estimate(jax.random.key(0), {"x": 1.0}, (), (0.0,)).shape
         ()
     """
-    _check_particles("elbo", num_particles)
+    num_particles = _check_particles("elbo", num_particles)
 
     def one(key, observations, model_args, guide_args):
         log_w, trace = log_weight(model, guide, key, observations, model_args, guide_args)
@@ -191,10 +244,11 @@ def iwae(model: GenerativeFunction, guide: GenerativeFunction, num_particles: in
         >>> bound.shape
         ()
     """
-    _check_particles("iwae", num_particles)
+    num_particles = _check_particles("iwae", num_particles)
 
     def program(key, observations, model_args, guide_args):
-        return _log_mean_exp(_log_weights(model, guide, num_particles, key, observations, model_args, guide_args))
+        return _log_mean_exp(_log_weights(model, guide, num_particles, key, observations, model_args, guide_args,
+                                          name="iwae"))
 
     return _objective(program)
 
@@ -221,15 +275,21 @@ def vimco(model: GenerativeFunction, guide: GenerativeFunction, num_particles: i
         >>> g[0].shape
         ()
     """
-    _check_particles("vimco", num_particles, 2)
+    num_particles = _check_particles("vimco", num_particles, 2)
 
     def program(key, observations, model_args, guide_args):
-        log_w, log_q = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, True)
+        log_w, log_q = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, True,
+                                    name="vimco")
         bound = _log_mean_exp(log_w)
-        others = (jnp.sum(log_w) - log_w) / (num_particles - 1)
         eye = jnp.eye(num_particles, dtype=bool)
+        # Mean of the other log-weights, summed without subtracting (no -inf - -inf = NaN).
+        others = jnp.sum(jnp.where(eye, 0.0, log_w[None, :]), axis=1) / (num_particles - 1)
         replaced = jnp.where(eye, others[:, None], log_w[None, :])
-        add_score_term(log_q, bound - _log_mean_exp(replaced, axis=1))
+        leave_one_out = _log_mean_exp(replaced, axis=1)
+        # Where every other particle has weight 0 the leave-one-out bound is -inf; a
+        # baseline may be any function of the others, so fall back to 0 there.
+        leave_one_out = jnp.where(jnp.isfinite(leave_one_out), leave_one_out, 0.0)
+        add_score_term(log_q, bound - leave_one_out)
         return bound
 
     return _objective(program)
@@ -315,6 +375,7 @@ def _self_normalized(model, guide, num_particles, key, observations, model_args,
     def one(k):
         k_guide, k_model = jax.random.split(k)
         trace = guide.simulate(k_guide, *guide_args)
+        _check_not_observed(guide, trace.choices, as_choicemap(observations))
         choices = sg(trace.choices)
         log_q, _ = guide.assess(choices, *guide_args)
         log_p = model_log_density(model, k_model, choices.merge(as_choicemap(observations)), model_args)
@@ -347,7 +408,7 @@ def rws(model, guide, num_particles: int, *, wake_p: bool = True, wake_q: bool =
         >>> jax.grad(obj.loss, argnums=3)(jax.random.key(0), {"x": 1.0}, (), (0.0,))[0].shape
         ()
     """
-    _check_particles("rws", num_particles)
+    num_particles = _check_particles("rws", num_particles)
 
     def program(key, observations, model_args, guide_args):
         log_p, log_q, weights, log_w = _self_normalized(model, guide, num_particles, key, observations, model_args, guide_args)
@@ -361,9 +422,14 @@ def rws(model, guide, num_particles: int, *, wake_p: bool = True, wake_q: bool =
 def cubo(model, guide, num_particles: int, n: float = 2.0) -> Objective:
     """The χ upper bound ``CUBO_n = (1/n) log E_q[(p/q)^n]`` (Dieng et al. 2017).
 
-    ``loss`` is the unbiased estimate of ``exp(n · CUBO_n) = E_q[(p/q)^n]`` (minimize it: it
-    upper-bounds ``p(x)^n``); ``estimate`` is ``(1/n) log`` of the same average. Scale the
-    model (or use n close to 1) if ``(p/q)^n`` overflows.
+    ``loss`` and ``estimate`` are the ``K``-sample estimate ``(1/n) log (1/K) Σ_k w_k^n``
+    with ``w_k = p(x, z_k)/q(z_k)``, computed in log space (it neither underflows nor
+    overflows where ``(p/q)^n`` would); minimizing ``loss`` tightens the bound. Its
+    gradient, ``Σ_k w̄_k ∇ log w_k`` with weights ``w̄ ∝ w^n``, is the gradient of
+    ``E[w^n]`` divided by its estimate: the same direction per batch, consistent as
+    ``K`` grows. Note the estimate is not itself an upper bound for small ``K``: by
+    Jensen's inequality it lies below ``CUBO_n`` on average, and for ``K = 1`` it is the
+    ELBO sample ``log w``. Use enough particles when you read it as a bound.
 
     Example:
         >>> import jax, probgen as pg
@@ -372,27 +438,19 @@ def cubo(model, guide, num_particles: int, n: float = 2.0) -> Objective:
         ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
         ...     pg.sample("x", pg.Normal(z, 1.0))
         >>> @pg.gen
-        ... def guide(m):
-        ...     pg.sample("z", pg.Normal(m, 1.0))
-        >>> obj = pg.vi.cubo(model, guide, 8)
-        >>> jax.grad(obj.loss, argnums=3)(jax.random.key(0), {"x": 1.0}, (), (0.0,))[0].shape
+        ... def guide(mu):
+        ...     pg.sample("z", pg.Normal(mu, 1.0))
+        >>> objective = pg.vi.cubo(model, guide, num_particles=8)
+        >>> objective.loss(jax.random.key(0), pg.ChoiceMap({"x": 1.0}), (), (0.5,)).shape
         ()
     """
-    _check_particles("cubo", num_particles)
+    num_particles = _check_particles("cubo", num_particles)
 
     def program(key, observations, model_args, guide_args):
-        log_w = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args)
-        return jnp.mean(jnp.exp(n * log_w))
+        log_w = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, name="cubo")
+        return _log_mean_exp(n * log_w) / n
 
-    est = expectation(program)
-
-    def loss(key, observations, model_args, guide_args):
-        return est.estimate(key, observations, tuple(model_args), tuple(guide_args))
-
-    def estimate(key, observations, model_args, guide_args):
-        return sg(jnp.log(loss(key, observations, model_args, guide_args)) / n)
-
-    return Objective(loss, estimate)
+    return _objective(program, sign=1.0)
 
 
 def renyi(model, guide, alpha: float, num_particles: int) -> Objective:
@@ -414,12 +472,12 @@ def renyi(model, guide, alpha: float, num_particles: int) -> Objective:
         >>> jax.grad(obj.loss, argnums=3)(jax.random.key(0), {"x": 1.0}, (), (0.0,))[0].shape
         ()
     """
-    _check_particles("renyi", num_particles)
+    num_particles = _check_particles("renyi", num_particles)
     if alpha == 1.0:
-        raise ValueError("renyi: alpha = 1 is the ELBO; use pg.vi.elbo")
+        raise SettingError("renyi: alpha = 1 is the ELBO; use pg.vi.elbo")
 
     def program(key, observations, model_args, guide_args):
-        log_w = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args)
+        log_w = _log_weights(model, guide, num_particles, key, observations, model_args, guide_args, name="renyi")
         return _log_mean_exp((1.0 - alpha) * log_w) / (1.0 - alpha)
 
     return _objective(program)
@@ -446,7 +504,7 @@ def forward_chi2(model, guide, num_particles: int) -> Objective:
         >>> jax.grad(obj.loss, argnums=3)(jax.random.key(0), {"x": 1.0}, (), (0.0,))[0].shape
         ()
     """
-    _check_particles("forward_chi2", num_particles, 2)
+    num_particles = _check_particles("forward_chi2", num_particles, 2)
 
     def program(key, observations, model_args, guide_args):
         log_p, log_q, weights, _ = _self_normalized(model, guide, num_particles, key, observations, model_args, guide_args)
