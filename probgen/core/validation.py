@@ -72,7 +72,7 @@ def validate(fn: Callable, *, jit: bool = True) -> Callable:
         ...     checked(-1.0)
         ... except pg.ValidationError as e:
         ...     print(str(e).splitlines()[0])
-        sample site 'x': Normal parameter 'scale' is out of its constraint (positive)
+        sample site 'x': Normal parameter 'scale' is out of its constraint (positive), got -1.0
     """
 
     def flagged(*args, **kwargs):

@@ -197,19 +197,19 @@ def test_vimco_is_finite_when_some_particles_have_zero_weight():
 def test_enum_with_a_zero_probability_outcome_is_not_nan():
     @pg.gen
     def guide(theta):
-        pg.sample("b", pg.Bernoulli(probs=jnp.stack([theta, 0.0])), strategy=pg.ENUM)
+        pg.sample("b", pg.Categorical(probs=jnp.stack([theta, 1.0 - theta, 0.0])), strategy=pg.ENUM)
 
     @pg.gen
-    def bmodel():
-        pg.sample("b", pg.Bernoulli(probs=jnp.stack([0.3, 0.0])))
+    def cmodel():
+        pg.sample("b", pg.Categorical(probs=jnp.asarray([0.3, 0.7, 0.0])))
 
     def program(key, theta):
         tr = guide.simulate(key, theta)
-        return bmodel.assess(tr.choices)[0] - tr.score
+        return cmodel.assess(tr.choices)[0] - tr.score
 
     value, grad = jax.value_and_grad(pg.vi.expectation(program).estimate, argnums=1)(jax.random.key(0), 0.4)
-    # exact: -KL(Bern(0.4) || Bern(0.3)) for the first element; the second is 0 in both.
-    def neg_kl(t):
+
+    def neg_kl(t):  # exact: -KL(q || p) over the two possible outcomes
         return t * jnp.log(0.3 / t) + (1 - t) * jnp.log(0.7 / (1 - t))
 
     assert np.isclose(float(value), float(neg_kl(0.4)), atol=1e-5)
