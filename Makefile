@@ -1,6 +1,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Run again in float64 (jax_enable_x64): every module keeps the caller's dtype.
+X64_TESTS := tests/core tests/distributions tests/vi tests/mc tests/diffusion tests/flows tests/test_kernels.py
 
 .PHONY: demo test bench bench-quick clean
 
@@ -17,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q tests --nbmake notebooks
+	JAX_ENABLE_X64=1 MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q $(X64_TESTS)
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

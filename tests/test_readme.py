@@ -24,3 +24,21 @@ def test_readme_shows_the_two_commands_first():
     text = README.read_text()
     first_block = re.search(r"```bash\n(.*?)```", text, re.S).group(1)
     assert "make demo" in first_block and "make test" in first_block
+
+
+def test_readme_validation_example_raises_what_it_says():
+    import pytest
+
+    import probgen as pg
+
+    text = README.read_text()
+    quick = re.search(r"```python\n(.*?)```", text.split("## Quick start", 1)[1], re.S).group(1)
+    namespace: dict = {}
+    exec(compile(quick.replace("steps=2000", "steps=1"), "README quick start", "exec"), namespace)
+    block = re.search(r"```python\n(.*?)```", text.split("## Bad input and validation mode", 1)[1], re.S).group(1)
+    setup, call = block.strip().splitlines()
+    claimed = call.split("# pg.ValidationError: ", 1)[1]
+    exec(setup, namespace)
+    with pytest.raises(pg.ValidationError) as error:
+        exec(call, namespace)
+    assert str(error.value) == claimed
