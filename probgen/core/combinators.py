@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from probgen.core import interception, validation
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, format_address
-from probgen.core.errors import ConstraintError
+from probgen.core.errors import ConstraintError, SettingError
 from probgen.core.gen import _is_placeholder, gen, placeholder_like, sample
 from probgen.core.gfi import GenerativeFunction, Mode, check_args
 from probgen.core.trace import Trace
@@ -76,7 +77,7 @@ class VMap(GenerativeFunction):
             return self.axis_size
         in_axes = self.in_axes if isinstance(self.in_axes, tuple) else (self.in_axes,) * len(args)
         if len(in_axes) != len(args):
-            raise ValueError(
+            raise SettingError(
                 f"{self.__name__}: in_axes has {len(in_axes)} entries for {len(args)} arguments"
             )
         sizes = set()
@@ -86,9 +87,9 @@ class VMap(GenerativeFunction):
             for leaf in jax.tree.leaves(arg):
                 sizes.add(jnp.shape(leaf)[axis])
         if not sizes:
-            raise ValueError(f"{self.__name__}: no argument is mapped (all in_axes are None); use repeat(gf, n)")
+            raise SettingError(f"{self.__name__}: no argument is mapped (all in_axes are None); use repeat(gf, n)")
         if len(sizes) > 1:
-            raise ValueError(f"{self.__name__}: mapped arguments disagree on the axis size: {sorted(sizes)}")
+            raise ConstraintError(f"{self.__name__}: mapped arguments disagree on the axis size: {sorted(sizes)}")
         return sizes.pop()
 
     def _run(self, key, constraints, args, mode):
@@ -136,8 +137,7 @@ def repeat(gf: GenerativeFunction, num_repeats: int) -> VMap:
         >>> pg.repeat(flip, 4).simulate(jax.random.key(0))["b"].shape
         (4,)
     """
-    if not isinstance(num_repeats, int) or num_repeats < 1:
-        raise ValueError(f"repeat needs a positive int num_repeats, got {num_repeats!r}")
+    num_repeats = static_int(num_repeats, "num_repeats", "repeat")
     out = VMap(gf, None, axis_size=num_repeats)
     out.__name__ = f"repeat({gf.__name__}, {num_repeats})"
     return out
@@ -156,13 +156,13 @@ class Scan(GenerativeFunction):
         if leaves:
             sizes = {jnp.shape(leaf)[0] for leaf in leaves}
             if len(sizes) > 1:
-                raise ValueError(f"{self.__name__}: xs leaves disagree on their leading axis: {sorted(sizes)}")
+                raise ConstraintError(f"{self.__name__}: xs leaves disagree on their leading axis: {sorted(sizes)}")
             size = sizes.pop()
             if self.length is not None and self.length != size:
-                raise ValueError(f"{self.__name__}: length={self.length} but xs has {size} steps")
+                raise ConstraintError(f"{self.__name__}: length={self.length} but xs has {size} steps")
             return size
         if self.length is None:
-            raise ValueError(f"{self.__name__}: give xs or a length")
+            raise SettingError(f"{self.__name__}: give xs or a length")
         return self.length
 
     def _run(self, key, constraints, args, mode):
@@ -223,7 +223,7 @@ class Switch(GenerativeFunction):
 
     def __init__(self, branches: Sequence[GenerativeFunction]):
         if not branches:
-            raise ValueError("switch needs at least one branch")
+            raise SettingError("switch needs at least one branch")
         self.branches = tuple(branches)
         self.__name__ = f"switch({', '.join(b.__name__ for b in self.branches)})"
 

@@ -19,7 +19,9 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, Selection, as_selection, format_address
+from probgen.core.errors import ConstraintError, SettingError
 from probgen.core.trace import Trace
 from probgen.kernels import Kernel
 
@@ -52,7 +54,7 @@ def _selected(trace: Trace, selection: Selection, where: str, continuous: bool) 
     values = trace.choices.filter(selection)
     if values.is_empty():
         available = ", ".join(format_address(a) for a in trace.choices.addresses()) or "none"
-        raise ValueError(
+        raise ConstraintError(
             f"{where}: the selection {selection!r} picks no choice of {trace.gf.__name__} "
             f"(its addresses: {available})"
         )
@@ -142,8 +144,7 @@ def hmc_proposal(key: jax.Array, position, logdensity_fn: Callable, step_size: f
         >>> bool(log_alpha > -0.01)
         True
     """
-    if not isinstance(num_leapfrog_steps, int) or num_leapfrog_steps < 1:
-        raise ValueError(f"hmc: num_leapfrog_steps must be a positive int, got {num_leapfrog_steps!r}")
+    num_leapfrog_steps = static_int(num_leapfrog_steps, "num_leapfrog_steps", "hmc")
     value_and_grad = jax.value_and_grad(logdensity_fn)
     logp, grad = value_and_grad(position)
     momentum = _normal_like(key, position)
@@ -177,7 +178,7 @@ def _trace_logdensity(trace: Trace):
 
 def _check_step_size(step_size, where):
     if isinstance(step_size, (int, float)) and not step_size > 0:
-        raise ValueError(f"{where}: step_size must be positive, got {step_size!r}")
+        raise SettingError(f"{where}: step_size must be positive, got {step_size!r}")
 
 
 def mh(selection, scale: float = 1.0) -> Kernel:
@@ -289,8 +290,7 @@ def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
     """
     selection = as_selection(selection)
     _check_step_size(step_size, "hmc")
-    if not isinstance(num_leapfrog_steps, int) or num_leapfrog_steps < 1:
-        raise ValueError(f"hmc: num_leapfrog_steps must be a positive int, got {num_leapfrog_steps!r}")
+    num_leapfrog_steps = static_int(num_leapfrog_steps, "num_leapfrog_steps", "hmc")
 
     def step(key, trace):
         values = _selected(trace, selection, "hmc", continuous=True)
