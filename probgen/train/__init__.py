@@ -10,7 +10,12 @@
 """
 
 from probgen.train import plots, sharding
-from probgen.train.checkpoint import latest_step, restore_checkpoint, save_checkpoint
+from probgen.train.checkpoint import (
+    latest_step,
+    prepare_checkpoint_dir,
+    restore_checkpoint,
+    save_checkpoint,
+)
 from probgen.train.data import BatchSpec, batch_indices, batch_spec, take_batch
 from probgen.train.errors import (
     CheckpointError,
@@ -44,6 +49,7 @@ __all__ = [
     "metric_values",
     "optimize",
     "plots",
+    "prepare_checkpoint_dir",
     "progress_bar",
     "replicate",
     "restore_checkpoint",

@@ -10,7 +10,9 @@ mismatched or corrupted checkpoint raises instead of restoring part of a state.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import tempfile
 from typing import Any
 
 import jax
@@ -18,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.train.errors import CheckpointError, CheckpointMismatchError
 from probgen.train.state import FitState
 
@@ -90,13 +94,15 @@ def save_checkpoint(
         >>> latest_step(folder)
         3
     """
+    if max_to_keep is not None:
+        max_to_keep = static_int(max_to_keep, "max_to_keep", "save_checkpoint")
     step = int(state.step)
     _, key_impl = _key_to_data(state.key)
     paths, arrays, treedef = _flatten(_state_tree(state))
     history = {} if history is None else {str(k): np.asarray(v) for k, v in history.items()}
     for name, values in history.items():
         if values.shape[:1] != (step,):
-            raise ValueError(
+            raise SettingError(
                 f"save_checkpoint: history[{name!r}] has shape {values.shape}; expected a "
                 f"leading axis of {step} (one entry per step done)"
             )
@@ -144,6 +150,90 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         return manager.latest_step()
 
 
+def prepare_checkpoint_dir(
+    directory: str | os.PathLike, *, where: str = "fit", resume_from: int | None = None
+) -> str:
+    """Check, before any training, that a run can write its checkpoints into ``directory``.
+
+    A new run (``resume_from=None``) needs a missing or empty folder, created here: a
+    folder holding anything (another run's checkpoints) is refused, since saving into it
+    would fail, or mix two runs, only after the training work is done. A run resumed from
+    step ``resume_from`` needs that to be the latest step saved, so that no checkpoint
+    is written over. Either way the folder must be writable.
+
+    Args:
+      directory: the checkpoint folder.
+      where: the caller's name, for messages.
+      resume_from: the step a resumed run continues from (``None``: a new run).
+
+    Returns:
+      The folder's absolute path.
+
+    Raises:
+      SettingError: naming the folder and what is wrong with it.
+
+    Example:
+        >>> import os, tempfile
+        >>> folder = os.path.join(tempfile.mkdtemp(), "run")
+        >>> prepare_checkpoint_dir(folder) == folder and os.path.isdir(folder)
+        True
+        >>> open(os.path.join(folder, "notes.txt"), "w").close()
+        >>> prepare_checkpoint_dir(folder)
+        Traceback (most recent call last):
+        ...
+        probgen.core.errors.SettingError: fit: checkpoint_dir ... is not empty ...
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise SettingError(f"{where}: checkpoint_dir {directory!r} is a file, not a folder")
+    if resume_from is None:
+        _check_empty(directory, where)
+    else:
+        _check_latest(directory, where, resume_from)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        # orbax writes a temporary folder per checkpoint, then renames it: try the same.
+        os.rmdir(tempfile.mkdtemp(dir=directory, prefix=".probgen-write-check-"))
+    except OSError as err:
+        raise SettingError(
+            f"{where}: checkpoint_dir {directory!r} cannot be written ({type(err).__name__}: "
+            f"{err.strerror or err}); choose a writable folder"
+        ) from err
+    return directory
+
+
+def _check_empty(directory: str, where: str) -> None:
+    try:
+        entries = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
+    except OSError as err:
+        raise SettingError(
+            f"{where}: checkpoint_dir {directory!r} cannot be read ({type(err).__name__}: "
+            f"{err.strerror or err})"
+        ) from err
+    if entries:
+        try:
+            steps = latest_step(directory)
+        except Exception:  # noqa: BLE001 -- not an orbax folder: name its entries instead
+            steps = None
+        held = f"checkpoints up to step {steps}" if steps is not None else f"{entries[:5]}"
+        raise SettingError(
+            f"{where}: checkpoint_dir {directory!r} is not empty (it holds {held}); a new run "
+            "needs an empty or new folder. To continue the run saved there, call "
+            "pg.train.resume with its checkpoint_dir."
+        )
+
+
+def _check_latest(directory: str, where: str, resume_from: int) -> None:
+    with _manager(directory, create=False) as manager:
+        later = [s for s in manager.all_steps() if s > resume_from]
+    if later:
+        raise SettingError(
+            f"{where}: step={resume_from} is not the latest checkpoint in {directory!r} "
+            f"(later steps saved: {sorted(later)}); continuing from it would write over them. "
+            "Resume from the latest step (step=None), or remove the later step folders first."
+        )
+
+
 def _mismatch_report(saved_paths, saved_shapes, saved_dtypes, paths, arrays) -> str:
     saved = set(saved_paths)
     expected = set(paths)
@@ -182,7 +272,8 @@ def restore_checkpoint(
       opt_state: an optimizer state of the same structure (e.g. ``optimizer.init(params)``).
       step: the step to restore; ``None`` restores the latest.
       run_config: if given, each of its entries must equal the one saved with the
-        checkpoint (e.g. ``batch_size``), else :class:`CheckpointMismatchError`.
+        checkpoint (e.g. ``batch_size``), else :class:`CheckpointMismatchError`; an entry
+        that is a dict is compared on the keys both dicts have.
 
     Returns:
       ``(state, history)``.
@@ -205,111 +296,151 @@ def restore_checkpoint(
     directory = os.path.abspath(os.fspath(directory))
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoint folder at {directory!r}")
+    if step is not None:
+        step = static_int(step, "step", "restore_checkpoint", minimum=0)
     with _manager(directory, create=False) as manager:
+        step = _chosen_step(manager, directory, step)
+        where = f"checkpoint at step {step} in {directory!r}"
+        manifest = _read_manifest(manager, step, where)
+        _check_run_config(manifest.get("run_config", {}), run_config or {}, where)
+        template = _template(params, opt_state, manifest)
+        paths = _check_structure(manifest, template, where)
+        restored = _read_arrays(manager, step, where)
+    values = _verified_leaves(restored.leaves, paths, manifest["sha256"], where)
+    history = _verified_history(restored.history, manifest["history"], where)
+    return _placed_state(template, values, manifest["key_impl"]), history
+
+
+def _chosen_step(manager, directory: str, step: int | None) -> int:
+    """``step``, or the latest saved step; a :class:`CheckpointError` if it is not saved."""
+    if step is None:
+        step = manager.latest_step()
         if step is None:
-            step = manager.latest_step()
-            if step is None:
-                raise CheckpointError(f"no checkpoint saved in {directory!r}")
-        elif step not in manager.all_steps():
-            raise CheckpointError(
-                f"no checkpoint for step {step} in {directory!r}; saved steps: {manager.all_steps()}"
-            )
-        try:
-            manifest = manager.restore(
-                step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore())
-            ).manifest
-        except Exception as err:  # orbax raises many kinds; all mean "unreadable"
-            raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} has an unreadable manifest "
-                f"(corrupted or not written by probgen.train): {type(err).__name__}: {err}"
-            ) from err
-        if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-            raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} is not a {FORMAT} checkpoint"
-            )
+            raise CheckpointError(f"no checkpoint saved in {directory!r}")
+    elif step not in manager.all_steps():
+        raise CheckpointError(
+            f"no checkpoint for step {step} in {directory!r}; saved steps: {manager.all_steps()}"
+        )
+    return step
 
-        saved_config = manifest.get("run_config", {})
-        differing = {
-            name: (saved_config[name], value)
-            for name, value in (run_config or {}).items()
-            if name in saved_config and saved_config[name] != value
-        }
-        if differing:
-            details = ", ".join(f"{n}: saved {a!r}, now {b!r}" for n, (a, b) in differing.items())
-            raise CheckpointMismatchError(
-                f"checkpoint at step {step} in {directory!r} was written by a run with other "
-                f"settings ({details}); resume with the original settings"
-            )
 
-        # Check against the state we restore into before reading any array.
-        saved_shapes = dict(zip(manifest["paths"], manifest["shapes"]))
-        saved_dtypes = dict(zip(manifest["paths"], manifest["dtypes"]))
-        template = {
-            "params": params,
-            "opt_state": opt_state,
-            # The key's shape and dtype come from the checkpoint: it is the run's own key.
-            "key": np.zeros(saved_shapes.get("['key']", (2,)), saved_dtypes.get("['key']", "uint32")),
-            "step": np.int32(0),
-        }
-        paths, arrays, treedef = _flatten(jax.tree.map(np.asarray, template))
-        shapes_match = [tuple(s) for s in manifest["shapes"]] == [a.shape for a in arrays]
-        dtypes_match = manifest["dtypes"] == [str(a.dtype) for a in arrays]
-        if treedef != manifest["treedef"] or paths != manifest["paths"] or not (
-            shapes_match and dtypes_match
-        ):
-            raise CheckpointMismatchError(
-                f"checkpoint at step {step} in {directory!r} does not match the given "
-                "params / optimizer state:\n"
-                + _mismatch_report(
-                    manifest["paths"], manifest["shapes"], manifest["dtypes"], paths, arrays
-                )
-            )
+def _read_manifest(manager, step: int, where: str) -> dict:
+    try:
+        manifest = manager.restore(step, args=ocp.args.Composite(manifest=ocp.args.JsonRestore())).manifest
+    except Exception as err:  # orbax raises many kinds; all mean "unreadable"
+        raise CheckpointError(
+            f"{where} has an unreadable manifest (corrupted or not written by "
+            f"probgen.train): {type(err).__name__}: {err}"
+        ) from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise CheckpointError(f"{where} is not a {FORMAT} checkpoint")
+    return manifest
 
-        try:
-            restored = manager.restore(
-                step,
-                args=ocp.args.Composite(
-                    leaves=ocp.args.StandardRestore(), history=ocp.args.StandardRestore()
-                ),
-            )
-        except Exception as err:
-            raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} could not be read "
-                f"(corrupted or incomplete): {type(err).__name__}: {err}"
-            ) from err
 
-    leaves = restored.leaves
-    names = [f"{i:06d}" for i in range(len(arrays))]
+def _config_differences(saved: dict, given: dict) -> list[str]:
+    """``name: saved .., now ..`` for each entry of ``given`` that ``saved`` has otherwise.
+
+    Entries that are dicts compare on the keys both have (a fingerprint filed under other
+    library versions is not compared).
+    """
+    differences = []
+    for name, value in given.items():
+        if name not in saved:
+            continue
+        old = saved[name]
+        if isinstance(value, dict) and isinstance(old, dict):
+            differences += [
+                f"{name}: saved {old[k]!r}, now {value[k]!r}"
+                for k in value if k in old and old[k] != value[k]
+            ]
+        elif old != value:
+            differences.append(f"{name}: saved {old!r}, now {value!r}")
+    return differences
+
+
+def _check_run_config(saved: dict, given: dict, where: str) -> None:
+    given = json.loads(json.dumps(given))  # as saved: tuples become lists
+    differences = _config_differences(saved, given)
+    if differences:
+        raise CheckpointMismatchError(
+            f"{where} was written by a run with other settings ({'; '.join(differences)}); "
+            "resume with the original settings, or start a new run in an empty folder (from "
+            "restore_checkpoint(...)[0].params if you want its parameters)"
+        )
+
+
+def _template(params: Any, opt_state: Any, manifest: dict) -> dict:
+    """The tree to restore into; the key's shape and dtype come from the checkpoint."""
+    saved_shapes = dict(zip(manifest["paths"], manifest["shapes"]))
+    saved_dtypes = dict(zip(manifest["paths"], manifest["dtypes"]))
+    return {
+        "params": params,
+        "opt_state": opt_state,
+        "key": np.zeros(saved_shapes.get("['key']", (2,)), saved_dtypes.get("['key']", "uint32")),
+        "step": np.int32(0),
+    }
+
+
+def _check_structure(manifest: dict, template: dict, where: str) -> list[str]:
+    """The template's leaf paths, checked against the manifest before any array is read."""
+    paths, arrays, treedef = _flatten(jax.tree.map(np.asarray, template))
+    shapes_match = [tuple(s) for s in manifest["shapes"]] == [a.shape for a in arrays]
+    dtypes_match = manifest["dtypes"] == [str(a.dtype) for a in arrays]
+    if treedef != manifest["treedef"] or paths != manifest["paths"] or not (shapes_match and dtypes_match):
+        raise CheckpointMismatchError(
+            f"{where} does not match the given params / optimizer state:\n"
+            + _mismatch_report(manifest["paths"], manifest["shapes"], manifest["dtypes"], paths, arrays)
+        )
+    return paths
+
+
+def _read_arrays(manager, step: int, where: str) -> Any:
+    try:
+        return manager.restore(
+            step,
+            args=ocp.args.Composite(leaves=ocp.args.StandardRestore(), history=ocp.args.StandardRestore()),
+        )
+    except Exception as err:
+        raise CheckpointError(
+            f"{where} could not be read (corrupted or incomplete): {type(err).__name__}: {err}"
+        ) from err
+
+
+def _verified_leaves(leaves: Any, paths: list[str], digests: list[str], where: str) -> list[np.ndarray]:
+    names = [f"{i:06d}" for i in range(len(paths))]
     if not isinstance(leaves, dict) or sorted(leaves) != names:
         raise CheckpointError(
-            f"checkpoint at step {step} in {directory!r} is incomplete: expected "
-            f"{len(names)} arrays, found {len(leaves) if isinstance(leaves, dict) else 0}"
+            f"{where} is incomplete: expected {len(names)} arrays, found "
+            f"{len(leaves) if isinstance(leaves, dict) else 0}"
         )
     values = []
-    for name, path, expected_digest in zip(names, paths, manifest["sha256"]):
+    for name, path, expected_digest in zip(names, paths, digests):
         value = np.asarray(leaves[name])
         if _digest(value) != expected_digest:
             raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} is corrupted: the bytes of "
-                f"{path} do not match the digest written with it"
+                f"{where} is corrupted: the bytes of {path} do not match the digest written with it"
             )
         values.append(value)
+    return values
 
-    history_in = (restored.history or {}).get("values", {}) or {}
+
+def _verified_history(restored: Any, saved: dict, where: str) -> dict[str, np.ndarray]:
+    values = (restored or {}).get("values", {}) or {}
     history = {}
-    for name, info in manifest["history"].items():
-        if name not in history_in:
-            raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} is incomplete: history[{name!r}] missing"
-            )
-        value = np.asarray(history_in[name])
+    for name, info in saved.items():
+        if name not in values:
+            raise CheckpointError(f"{where} is incomplete: history[{name!r}] missing")
+        value = np.asarray(values[name])
         if _digest(value) != info["sha256"]:
             raise CheckpointError(
-                f"checkpoint at step {step} in {directory!r} is corrupted: history[{name!r}] "
-                "does not match the digest written with it"
+                f"{where} is corrupted: history[{name!r}] does not match the digest written with it"
             )
         history[name] = value
+    return history
 
+
+def _placed_state(template: dict, values: list[np.ndarray], key_impl: str | None) -> FitState:
+    """The restored arrays, placed like the template's leaves (same sharding)."""
     template_leaves, template_def = jax.tree.flatten(template)
 
     def place(value, like):
@@ -319,7 +450,6 @@ def restore_checkpoint(
 
     tree = jax.tree.unflatten(template_def, [place(v, t) for v, t in zip(values, template_leaves)])
     key = tree["key"]
-    if manifest["key_impl"]:
-        key = jax.random.wrap_key_data(key, impl=manifest["key_impl"])
-    state = FitState(tree["params"], tree["opt_state"], jnp.asarray(tree["step"], jnp.int32), key)
-    return state, history
+    if key_impl:
+        key = jax.random.wrap_key_data(key, impl=key_impl)
+    return FitState(tree["params"], tree["opt_state"], jnp.asarray(tree["step"], jnp.int32), key)

@@ -12,6 +12,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
+
 BATCHING_MODES = ("epoch", "random")
 
 
@@ -35,7 +38,8 @@ def batch_spec(data: Any, batch_size: int | None, batching: str = "epoch") -> Ba
 
     Args:
       data: ``None`` or a pytree of arrays sharing a leading example axis.
-      batch_size: ``None`` (full batch) or a positive int no larger than the data set.
+      batch_size: ``None`` (full batch) or a positive int (NumPy ints too) no larger than
+        the data set.
       batching: ``"epoch"`` or ``"random"``.
 
     Returns:
@@ -47,31 +51,32 @@ def batch_spec(data: Any, batch_size: int | None, batching: str = "epoch") -> Ba
         BatchSpec(num_examples=10, batch_size=4, batching='epoch')
     """
     if batching not in BATCHING_MODES:
-        raise ValueError(f"batching must be one of {BATCHING_MODES}, got {batching!r}")
+        raise SettingError(f"batch_spec: batching must be one of {BATCHING_MODES}, got {batching!r}")
+    if batch_size is not None:
+        batch_size = static_int(batch_size, "batch_size", "batch_spec")
     leaves, _ = jax.tree.flatten_with_path(data) if data is not None else ([], None)
     if not leaves:
         if batch_size is not None:
-            raise ValueError("batch_size was given but data is None or has no arrays")
+            raise SettingError("batch_spec: batch_size was given but data is None or has no arrays")
         return BatchSpec(0, None, batching)
     sizes = {}
     for path, leaf in leaves:
         shape = jnp.shape(leaf)
         if len(shape) == 0:
-            raise ValueError(
-                f"data{jax.tree_util.keystr(path)} is a scalar; every data leaf needs a "
-                "leading example axis"
+            raise SettingError(
+                f"batch_spec: data{jax.tree_util.keystr(path)} is a scalar; every data leaf "
+                "needs a leading example axis"
             )
         sizes[jax.tree_util.keystr(path)] = shape[0]
     if len(set(sizes.values())) != 1:
-        raise ValueError(f"data leaves disagree on the number of examples (leading axis): {sizes}")
+        raise SettingError(
+            f"batch_spec: data leaves disagree on the number of examples (leading axis): {sizes}"
+        )
     num_examples = int(next(iter(sizes.values())))
-    if batch_size is not None:
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if batch_size > num_examples:
-            raise ValueError(
-                f"batch_size={batch_size} is larger than the data set ({num_examples} examples)"
-            )
+    if batch_size is not None and batch_size > num_examples:
+        raise SettingError(
+            f"batch_spec: batch_size={batch_size} is larger than the data set ({num_examples} examples)"
+        )
     return BatchSpec(num_examples, batch_size, batching)
 
 

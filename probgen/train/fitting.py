@@ -7,7 +7,9 @@ chunks, or stopped and resumed from a checkpoint, does not change a single bit.
 
 from __future__ import annotations
 
+import functools
 import os
+import sys
 from typing import Any, Callable
 
 import jax
@@ -15,9 +17,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.train import checkpoint as ckpt
 from probgen.train.data import BatchSpec, batch_indices, batch_spec, epoch_permutation, take_batch
 from probgen.train.errors import NonFiniteLossError
+from probgen.train.programs import _fingerprint, _ProgramCache
 from probgen.train.progress import progress_bar
 from probgen.train.state import FitResult, FitState
 
@@ -105,17 +110,18 @@ def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, stat
     return (state, ok), outputs
 
 
-_jit_chunk = jax.jit(_scan_chunk, static_argnums=(0, 1, 2, 3, 4), donate_argnums=())
+def _chunk_program(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable[..., Any]:
+    """``_scan_chunk`` for one loss and optimizer, jitted; static: spec, sharding, length."""
+    return jax.jit(functools.partial(_scan_chunk, loss_fn, optimizer), static_argnums=(0, 1, 2))
+
+
+# Module-level, so fitting the same loss with the same optimizer again reuses the program.
+_compiled_chunk = _ProgramCache(_chunk_program)
 
 
 def _history(outputs) -> dict:
     loss, metrics, _ = outputs
     return {"loss": loss, **metrics}
-
-
-def _check_step_counts(steps: int, name: str = "steps") -> None:
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"{name} must be a positive int, got {steps!r}")
 
 
 def optimize(
@@ -160,11 +166,11 @@ def optimize(
         >>> round(float(result.params), 4), result.history["loss"].shape
         (3.0, (100,))
     """
-    _check_step_counts(steps)
+    steps = static_int(steps, "steps", "optimize")
     spec = batch_spec(data, batch_size, batching)
     params = _strong(params)
     state = FitState(params, optimizer.init(params), jnp.asarray(0, jnp.int32), key)
-    (state, _), outputs = _scan_chunk(loss_fn, optimizer, spec, None, int(steps), state, jnp.asarray(True), data)
+    (state, _), outputs = _scan_chunk(loss_fn, optimizer, spec, None, steps, state, jnp.asarray(True), data)
     return FitResult(state.params, state.opt_state, _history(outputs), state.step, state.key)
 
 
@@ -182,14 +188,14 @@ def _data_parallel(data, params, opt_state, key, mesh, data_axis):
     from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
 
     if data_axis not in mesh.axis_names:
-        raise ValueError(f"data_axis {data_axis!r} is not an axis of the mesh {mesh.axis_names}")
+        raise SettingError(f"fit: data_axis {data_axis!r} is not an axis of the mesh {mesh.axis_names}")
     replicated = NamedSharding(mesh, PartitionSpec())
     batch_sharding = NamedSharding(mesh, PartitionSpec(data_axis))
     count = mesh.shape[data_axis]
     for path, leaf in jax.tree.flatten_with_path(data)[0]:
         if jnp.shape(leaf)[0] % count:
-            raise ValueError(
-                f"data{jax.tree_util.keystr(path)} has {jnp.shape(leaf)[0]} examples, not a "
+            raise SettingError(
+                f"fit: data{jax.tree_util.keystr(path)} has {jnp.shape(leaf)[0]} examples, not a "
                 f"multiple of the {count} devices on mesh axis {data_axis!r}"
             )
     data = jax.device_put(data, batch_sharding)
@@ -197,18 +203,58 @@ def _data_parallel(data, params, opt_state, key, mesh, data_axis):
     return data, params, opt_state, key, batch_sharding
 
 
-def _run_config(spec: BatchSpec) -> dict:
-    """The settings a resumed run must share with the original for bitwise equality."""
-    return {"num_examples": spec.num_examples, "batch_size": spec.batch_size, "batching": spec.batching}
+def _data_signature(data: Any) -> str:
+    leaves = jax.tree.flatten_with_path(data)[0] if data is not None else []
+    return "; ".join(
+        f"data{jax.tree_util.keystr(path)}: {jnp.result_type(leaf)}{list(jnp.shape(leaf))}"
+        for path, leaf in leaves
+    )
+
+
+def _run_config(spec: BatchSpec, data: Any, loss_fn: LossFn, optimizer: optax.GradientTransformation) -> dict:
+    """The settings a resumed run must share with the original for bitwise equality.
+
+    Besides the batch settings and the data's structure, shapes and dtypes, ``loss_fn``
+    and ``optimizer`` enter as fingerprints of their code and of the values they close
+    over (learning rates, constants). Bytecode differs between Python versions and
+    library releases (optax and probgen build closures), so each fingerprint is filed
+    under the versions that made it and compared only with one made under the same.
+    """
+    config = {
+        "num_examples": spec.num_examples,
+        "batch_size": spec.batch_size,
+        "batching": spec.batching,
+        "data": _data_signature(data),
+    }
+    probgen_version = getattr(sys.modules.get("probgen"), "__version__", "unknown")
+    versions = (
+        f"python {sys.version_info[0]}.{sys.version_info[1]}, optax {optax.__version__}, "
+        f"probgen {probgen_version}"
+    )
+    for name, part in (("loss_fn", loss_fn), ("optimizer", optimizer)):
+        fingerprint = _fingerprint(part)
+        if fingerprint is not None:
+            config[name] = {versions: fingerprint}
+    return config
+
+
+def _loop_settings(where: str, steps, chunk_size, checkpoint_every, max_to_keep) -> tuple:
+    """The loop's counts as Python ints (NumPy ints accepted), or a :class:`SettingError`."""
+    return (
+        static_int(steps, "steps", where),
+        static_int(chunk_size, "chunk_size", where),
+        None if checkpoint_every is None else static_int(checkpoint_every, "checkpoint_every", where),
+        None if max_to_keep is None else static_int(max_to_keep, "max_to_keep", where),
+    )
 
 
 def _run_chunks(
     loss_fn, optimizer, spec, data, state: FitState, history: dict, steps: int, *,
     chunk_size: int, progress, checkpoint_dir, checkpoint_every, max_to_keep, batch_sharding,
+    run_config: dict | None = None,
 ) -> FitResult:
     start = int(state.step)
-    if start > steps:
-        raise ValueError(f"the run is already at step {start}, past steps={steps}")
+    run_chunk = _compiled_chunk(loss_fn, optimizer)
     bar = progress_bar(progress, steps, start)
     pieces = {k: [np.asarray(v)] for k, v in history.items()}
     ok = jnp.asarray(True)
@@ -219,7 +265,7 @@ def _run_chunks(
     def save(state):
         if checkpoint_dir is not None:
             ckpt.save_checkpoint(checkpoint_dir, state, joined(), max_to_keep=max_to_keep,
-                                 run_config=_run_config(spec))
+                                 run_config=run_config)
 
     done = start
     try:
@@ -227,9 +273,7 @@ def _run_chunks(
             length = min(chunk_size, steps - done)
             if checkpoint_every:
                 length = min(length, checkpoint_every - done % checkpoint_every)
-            (new_state, ok), outputs = _jit_chunk(
-                loss_fn, optimizer, spec, batch_sharding, length, state, ok, data
-            )
+            (new_state, ok), outputs = run_chunk(spec, batch_sharding, length, state, ok, data)
             chunk_history = {k: np.asarray(v) for k, v in _history(outputs).items()}
             finite = np.asarray(outputs[2])
             if not finite.all():
@@ -311,7 +355,9 @@ def fit(
       batching: ``"epoch"`` (a permutation per epoch, remainder dropped) or ``"random"``.
       chunk_size: steps per compiled chunk (progress and NaN checks happen between chunks).
       progress: ``True`` / ``False`` / ``None`` (show only in a terminal or notebook, not CI).
-      checkpoint_dir: folder for orbax checkpoints (``None``: no checkpoints).
+      checkpoint_dir: folder for orbax checkpoints (``None``: no checkpoints). It must be
+        missing or empty and writable, which is checked (and the folder created) before
+        any training; to continue the run saved in a folder, use :func:`resume`.
       checkpoint_every: save every this many steps, at the end, and on ``KeyboardInterrupt``.
       max_to_keep: how many checkpoints to keep (``None``: all).
       mesh: a ``jax.sharding.Mesh`` for data-parallel training: data and each minibatch
@@ -326,6 +372,17 @@ def fit(
     Raises:
       NonFiniteLossError: the loss or a gradient became NaN / inf; the error names the
         step and the last finite loss, and ``err.result`` holds the last good state.
+      SettingError: a bad count or mode, or a ``checkpoint_dir`` that already holds
+        files or cannot be written (raised before any training).
+
+    A loss and an optimizer that compute the same thing as in an earlier call (the same
+    code, closed-over values and, for functions defined in a notebook or script, the
+    globals they read; e.g. a fresh ``optax.adam(0.05)``) reuse its compiled program; the
+    last few programs are kept. As with ``jax.jit``, what is compared by identity
+    (functions and globals of imported modules, modules, large jax arrays) is read when
+    the program is compiled, and numpy arrays must not be changed in place afterwards.
+    Build the loss and the optimizer once, outside the cell that calls ``fit``, for reuse
+    that never depends on comparing closures.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax
@@ -339,18 +396,17 @@ def fit(
         >>> round(float(result.params["w"]), 2), result.history["loss"].shape
         (2.0, (300,))
     """
-    _check_step_counts(steps)
-    _check_step_counts(chunk_size, "chunk_size")
-    if checkpoint_every is not None:
-        _check_step_counts(checkpoint_every, "checkpoint_every")
-        if checkpoint_dir is None:
-            raise ValueError("checkpoint_every was given without checkpoint_dir")
-    elif checkpoint_dir is not None:
+    steps, chunk_size, checkpoint_every, max_to_keep = _loop_settings(
+        "fit", steps, chunk_size, checkpoint_every, max_to_keep
+    )
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise SettingError("fit: checkpoint_every was given without checkpoint_dir")
+    if checkpoint_every is None and checkpoint_dir is not None:
         checkpoint_every = steps
     params = _strong(params)
     if _is_traced(params, key, data):
         if checkpoint_dir is not None:
-            raise ValueError(
+            raise SettingError(
                 "fit was called under jit/vmap (e.g. in a sweep), where it cannot write "
                 "checkpoints; drop checkpoint_dir"
             )
@@ -361,15 +417,21 @@ def fit(
     batch_sharding = None
     if mesh is not None:
         if data is None:
-            raise ValueError("mesh was given but there is no data to shard")
+            raise SettingError("fit: mesh was given but there is no data to shard")
         data, params, opt_state, key, batch_sharding = _data_parallel(
             data, params, opt_state, key, mesh, data_axis
         )
+    run_config = None
+    if checkpoint_dir is not None:
+        # Before any training: a folder of another run, or one we cannot write, fails now.
+        ckpt.prepare_checkpoint_dir(checkpoint_dir, where="fit")
+        run_config = _run_config(spec, data, loss_fn, optimizer)
     state = FitState(params, opt_state, jnp.asarray(0, jnp.int32), key)
     return _run_chunks(
         loss_fn, optimizer, spec, data, state, {}, steps,
         chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
+        run_config=run_config,
     )
 
 
@@ -395,7 +457,12 @@ def resume(
 
     Restores params, optimizer state, base key, step and history from ``checkpoint_dir``
     and runs on to ``steps`` total steps with the same settings (``data``, ``batch_size``,
-    ``batching`` and ``optimizer`` must be those of the original run).
+    ``batching``, ``loss_fn`` and ``optimizer`` must be those of the original run). The
+    checkpoint records a fingerprint of the run: the parameter and optimizer-state
+    structure, shapes and dtypes, the batch settings, the data's structure, shapes and
+    dtypes, and digests of ``loss_fn`` and ``optimizer`` (their code and the values they
+    close over, e.g. the learning rate; compared when saved under the same Python and
+    optax versions). A run that differs is refused before any training.
 
     Args:
       loss_fn, optimizer, data, batch_size, batching, chunk_size, progress, mesh,
@@ -413,7 +480,12 @@ def resume(
       A :class:`FitResult` whose history covers all ``steps`` steps.
 
     Raises:
-      CheckpointError, CheckpointMismatchError: no, corrupted or mismatched checkpoint.
+      CheckpointError: no checkpoint, or a corrupted one.
+      CheckpointMismatchError: the checkpoint was written by a different run; the message
+        names what differs (a leaf, ``batch_size``, ``data``, ``loss_fn``, ``optimizer``).
+      SettingError: ``step`` is not the latest step saved (continuing from it would write
+        over later checkpoints), the checkpoint is past ``steps``, or the folder cannot be
+        written; all raised before any training.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, tempfile
@@ -426,12 +498,13 @@ def resume(
         >>> int(rest.step), rest.history["loss"].shape
         (10, (10,))
     """
-    _check_step_counts(steps)
-    _check_step_counts(chunk_size, "chunk_size")
-    if checkpoint_every is not None:
-        _check_step_counts(checkpoint_every, "checkpoint_every")
-    else:
+    steps, chunk_size, checkpoint_every, max_to_keep = _loop_settings(
+        "resume", steps, chunk_size, checkpoint_every, max_to_keep
+    )
+    if checkpoint_every is None:
         checkpoint_every = steps
+    if step is not None:
+        step = static_int(step, "step", "resume", minimum=0)
     params = _strong(params)
     spec = batch_spec(data, batch_size, batching)
     opt_state = optimizer.init(params)
@@ -441,13 +514,21 @@ def resume(
         data, params, opt_state, key, batch_sharding = _data_parallel(
             data, params, opt_state, key, mesh, data_axis
         )
-    state, history = ckpt.restore_checkpoint(
-        checkpoint_dir, params, opt_state, step, run_config=_run_config(spec)
-    )
+    run_config = _run_config(spec, data, loss_fn, optimizer)
+    state, history = ckpt.restore_checkpoint(checkpoint_dir, params, opt_state, step, run_config=run_config)
+    start = int(state.step)
+    if start > steps:
+        raise SettingError(
+            f"resume: the checkpoint in {os.fspath(checkpoint_dir)!r} is at step {start}, past "
+            f"steps={steps} (steps is the total number of steps of the run)"
+        )
+    if start < steps:
+        ckpt.prepare_checkpoint_dir(checkpoint_dir, where="resume", resume_from=start)
     if mesh is not None:
         state = state._replace(key=jax.device_put(state.key, key.sharding))
     return _run_chunks(
         loss_fn, optimizer, spec, data, state, history, steps,
         chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
+        run_config=run_config,
     )

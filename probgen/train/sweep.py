@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 from typing import Any, Callable, NamedTuple
 
@@ -9,7 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgen.core.errors import SettingError
 from probgen.train.errors import SweepAxisError
+from probgen.train.programs import _ProgramCache
 
 _SHAPE_ERRORS = (
     jax.errors.ConcretizationTypeError,
@@ -53,8 +56,13 @@ def _members(train_fn, member_sharding, config):
     return out
 
 
-# Module-level so that sweeping the same train_fn again reuses the compiled program.
-_run_members = jax.jit(_members, static_argnums=(0, 1))
+def _members_program(train_fn: Callable[..., Any]) -> Callable[..., Any]:
+    return jax.jit(functools.partial(_members, train_fn), static_argnums=(0,))
+
+
+# Module-level, so sweeping the same train_fn again (or a re-built closure that computes
+# the same thing) reuses the compiled program; the last few programs are kept.
+_compiled_members = _ProgramCache(_members_program)
 
 
 def _axis_values(name: str, values: Any) -> np.ndarray:
@@ -62,9 +70,9 @@ def _axis_values(name: str, values: Any) -> np.ndarray:
     if array.ndim == 0:
         array = array[None]
     if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"sweep axis {name!r} must be a non-empty 1-D sequence, got shape {array.shape}")
+        raise SettingError(f"sweep: axis {name!r} must be a non-empty 1-D sequence, got shape {array.shape}")
     if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-        raise SweepAxisError(f"sweep axis {name!r} must hold numbers, got dtype {array.dtype}")
+        raise SweepAxisError(f"sweep: axis {name!r} must hold numbers, got dtype {array.dtype}")
     return array
 
 
@@ -118,7 +126,7 @@ def sweep(
         0.3
     """
     if not axes:
-        raise ValueError("sweep needs at least one axis, e.g. sweep(train_fn, learning_rate=[...])")
+        raise SettingError("sweep needs at least one axis, e.g. sweep(train_fn, learning_rate=[...])")
     axes = {name: _axis_values(name, values) for name, values in axes.items()}
     grid_shape = tuple(len(v) for v in axes.values())
     grids = np.meshgrid(*axes.values(), indexing="ij")
@@ -131,18 +139,18 @@ def sweep(
         from jax.sharding import NamedSharding, PartitionSpec  # noqa: PLC0415
 
         if axis_name not in mesh.axis_names:
-            raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
+            raise SettingError(f"sweep: axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
         count = mesh.shape[axis_name]
         if num_members % count:
-            raise ValueError(
-                f"the sweep has {num_members} members, not a multiple of the {count} devices "
+            raise SettingError(
+                f"sweep: the grid has {num_members} members, not a multiple of the {count} devices "
                 f"on mesh axis {axis_name!r}; add or drop grid points"
             )
         member_sharding = NamedSharding(mesh, PartitionSpec(axis_name))
         flat = jax.device_put(flat, member_sharding)
 
     try:
-        stacked = _run_members(train_fn, member_sharding, flat)
+        stacked = _compiled_members(train_fn)(member_sharding, flat)
     except _SHAPE_ERRORS as err:
         int_axes = [name for name, v in axes.items() if np.issubdtype(v.dtype, np.integer)]
         if not int_axes:
@@ -173,9 +181,9 @@ def metric_values(result: SweepResult, metric: str | Callable[[Any], Any]) -> np
 
     Example:
         >>> import jax.numpy as jnp
-        >>> r = SweepResult({"beta": jnp.array([1.0, 2.0])}, {"score": jnp.array([0.5, 0.2])})
+        >>> r = SweepResult({"beta": jnp.array([1.0, 2.0])}, {"score": jnp.array([0.5, 0.25])})
         >>> metric_values(r, "score").tolist()
-        [0.5, 0.20000000298023224]
+        [0.5, 0.25]
     """
     if callable(metric):
         values = metric(result.results)
@@ -189,8 +197,9 @@ def metric_values(result: SweepResult, metric: str | Callable[[Any], Any]) -> np
         raise TypeError(f"cannot find metric {metric!r} in results of type {type(result.results)}")
     values = np.asarray(values)
     if values.shape != result.grid_shape:
-        raise ValueError(
-            f"metric {metric!r} has shape {values.shape}, expected the grid shape {result.grid_shape}"
+        raise SettingError(
+            f"metric_values: metric {metric!r} has shape {values.shape}, expected the grid shape "
+            f"{result.grid_shape}"
         )
     return values
 
@@ -215,7 +224,7 @@ def best(
         {'beta': 2.0}
     """
     if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        raise SettingError(f"best: mode must be 'min' or 'max', got {mode!r}")
     values = metric_values(result, metric).astype(float)
     if np.all(np.isnan(values)):
         raise ValueError(f"every member of the sweep has a NaN {metric!r}")

@@ -5,6 +5,7 @@ import optax
 import pytest
 
 import probgen as pg
+from probgen.core.errors import SettingError
 from probgen.train import NonFiniteLossError
 
 from .conftest import ADAM, NUM_EXAMPLES, assert_trees_bitwise_equal, init_params, regression_loss
@@ -130,14 +131,46 @@ def test_progress_silent_when_not_interactive(capsys, monkeypatch):
 
 
 def test_bad_inputs_have_clear_errors(data):
-    with pytest.raises(ValueError, match="batch_size=100 is larger than the data set"):
+    with pytest.raises(SettingError, match="batch_size=100 is larger than the data set"):
         pg.train.fit(regression_loss, init_params(), ADAM, jax.random.key(0), data=data, steps=2, batch_size=100)
-    with pytest.raises(ValueError, match="disagree on the number of examples"):
+    with pytest.raises(SettingError, match="disagree on the number of examples"):
         pg.train.fit(regression_loss, init_params(), ADAM, jax.random.key(0),
                      data={"x": data["x"], "y": data["y"][:10]}, steps=2, batch_size=4)
     with pytest.raises(TypeError, match="scalar loss"):
         pg.train.fit(lambda p, k, b: p * 2.0, jnp.zeros(3), SGD, jax.random.key(0), steps=2, progress=False)
-    with pytest.raises(ValueError, match="steps must be a positive int"):
+    with pytest.raises(SettingError, match="steps must be a positive int"):
         pg.train.fit(quadratic, jnp.zeros(()), SGD, jax.random.key(0), steps=0)
-    with pytest.raises(ValueError, match="batching must be one of"):
+    with pytest.raises(SettingError, match="batching must be one of"):
         pg.train.fit(quadratic, jnp.zeros(()), SGD, jax.random.key(0), steps=2, batching="cyclic")
+    with pytest.raises(SettingError, match="checkpoint_every was given without checkpoint_dir"):
+        pg.train.fit(quadratic, jnp.zeros(()), SGD, jax.random.key(0), steps=2, checkpoint_every=1)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("steps", 10.0), ("steps", True), ("chunk_size", np.int64(0)), ("batch_size", 4.0),
+     ("checkpoint_every", -1), ("max_to_keep", np.float64(2.0))],
+)
+def test_bad_counts_name_the_argument(data, tmp_path, name, value):
+    settings = {**dict(steps=10, data=data, checkpoint_dir=tmp_path, progress=False), name: value}
+    with pytest.raises(SettingError, match=rf"(fit|batch_spec): {name} must be a positive int"):
+        pg.train.fit(regression_loss, init_params(), ADAM, jax.random.key(0), **settings)
+    assert not any(tmp_path.iterdir())  # refused before a checkpoint was written
+
+
+def test_numpy_integer_settings_are_accepted(data, tmp_path):
+    # Counts often come out of numpy (np.int64(100) from an array or a config grid).
+    as_python = dict(steps=24, batch_size=8, chunk_size=7)
+    plain = pg.train.fit(regression_loss, init_params(), ADAM, jax.random.key(4), data=data, progress=False,
+                         **as_python)
+    numpy_ints = {k: np.int64(v) for k, v in as_python.items()}
+    first = pg.train.fit(regression_loss, init_params(), ADAM, jax.random.key(4), data=data, progress=False,
+                         checkpoint_dir=tmp_path, checkpoint_every=np.int64(12), max_to_keep=np.int32(5),
+                         **{**numpy_ints, "steps": np.int64(12)})
+    assert int(first.step) == 12
+    resumed = pg.train.resume(regression_loss, init_params(), ADAM, tmp_path, data=data, progress=False,
+                              step=np.int64(12), **numpy_ints)
+    assert_trees_bitwise_equal(resumed, plain)
+    pure = pg.train.optimize(regression_loss, init_params(), ADAM, jax.random.key(4), data=data,
+                             steps=np.int64(24), batch_size=np.int64(8))
+    assert_trees_bitwise_equal(pure.params, plain.params)
