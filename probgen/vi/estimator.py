@@ -350,6 +350,10 @@ def expectation(program: Callable[..., Any]) -> Expectation:
                         minus = values[np.nonzero(mask & (plan[:, 3] == -1))[0]] if term.minus is not None else 0.0
                         eta = term.param.reshape(-1)
                         signal = sg(term.weight.reshape(-1) * (plus - minus))
+                        # An outcome of probability zero can make f infinite there (log 0);
+                        # the parameter sits on its boundary and moves nothing: no term
+                        # (rather than 0 * inf = NaN in the value and the gradient).
+                        signal = jnp.where(jnp.isfinite(signal), signal, 0.0)
                         surrogate = surrogate + jnp.sum((eta - sg(eta)) * signal)
             return surrogate, run.enum_logw
 
