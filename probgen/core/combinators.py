@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception, validation
+from probgen.core import handlers, validation
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, format_address
 from probgen.core.errors import ConstraintError, SettingError
@@ -32,7 +32,7 @@ def _check_leading_axis(name: str, constraints: ChoiceMap, size: int) -> None:
     for address, value in constraints.to_dict().items():
         shape = jnp.shape(value)
         if not shape or shape[0] != size:
-            full = format_address(interception.full_address(address))
+            full = format_address(handlers.full_address(address))
             raise ConstraintError(
                 f"constraint at {full!r} under the {name} combinator needs a leading axis of "
                 f"size {size} (one value per element), got shape {tuple(shape)}"
@@ -48,7 +48,7 @@ def _fit_previous(constraints: ChoiceMap, length: int) -> tuple[ChoiceMap, bool]
     fitted, padded = {}, False
     for address, value in constraints.to_dict().items():
         shape = jnp.shape(value)
-        if shape and shape[0] != length and not interception.is_constraint(address):
+        if shape and shape[0] != length and not handlers.is_constraint(address):
             if shape[0] > length:
                 value = value[:length]
             else:
@@ -101,7 +101,7 @@ class VMap(GenerativeFunction):
             trace, weight = self.gf._run(k, c, a, mode)
             return trace.choices, trace.retval, trace.score, trace.extras, trace.site_scores, weight
 
-        with interception.combinator_scope("vmap"):
+        with handlers.handle(handlers.CombinatorScope("vmap")):
             choices, retval, scores, extras, site_scores, weights = jax.vmap(
                 one, in_axes=(None if key is None else 0, 0, in_axes), axis_size=size
             )(_split(key, size), constraints, args)
@@ -176,7 +176,7 @@ class Scan(GenerativeFunction):
         def body(carry, step_inputs):
             k, c, x = step_inputs
             if padded:
-                with interception.placeholder_scope():
+                with handlers.placeholder_scope():
                     trace, weight = self.kernel._run(k, c, (carry, x), mode)
             else:
                 trace, weight = self.kernel._run(k, c, (carry, x), mode)
@@ -189,7 +189,7 @@ class Scan(GenerativeFunction):
             new_carry, y = out
             return new_carry, (trace.choices, y, trace.score, trace.extras, trace.site_scores, weight)
 
-        with interception.combinator_scope("scan"):
+        with handlers.handle(handlers.CombinatorScope("scan")):
             final, (choices, ys, scores, extras, site_scores, weights) = jax.lax.scan(
                 body, init, (_split(key, length), constraints, xs), length=length
             )
@@ -245,7 +245,7 @@ class Switch(GenerativeFunction):
                 if address in layout and (layout[address].shape, layout[address].dtype) != (spec.shape, spec.dtype):
                     raise ConstraintError(
                         f"{self.__name__}: branches disagree on the shape of address "
-                        f"{format_address(interception.full_address(address))!r}: "
+                        f"{format_address(handlers.full_address(address))!r}: "
                         f"{layout[address].shape} vs {spec.shape}"
                     )
                 layout[address] = spec
@@ -264,15 +264,15 @@ class Switch(GenerativeFunction):
         # Assess runs the branches as generate: a branch not taken may lack its choices.
         run_mode = Mode.GENERATE if mode is Mode.ASSESS else mode
         run_key = jax.random.key(0) if key is None else key
-        with interception.combinator_scope("switch"), interception.placeholder_scope():
+        with handlers.handle(handlers.CombinatorScope("switch")), handlers.placeholder_scope():
             probes = self._probe(run_key, constraints, branch_args, run_mode)
             layout = self._union(probes, "choices")
             score_layout = self._union(probes, "site_scores")
-            interception.record_switched(layout)
+            handlers.record_switched(layout)
             extra_names = sorted(set().union(*(set(p.extras) for p in probes)))
             dtype = jnp.result_type(*[p.score.dtype for p in probes])
             given = [a for a in constraints.addresses()
-                     if mode is Mode.ASSESS or interception.is_constraint(a)]
+                     if mode is Mode.ASSESS or handlers.is_constraint(a)]
             branches = [self._branch(b, set(p.choices.addresses()), layout, score_layout, extra_names,
                                      given, mode, dtype)
                         for b, p in zip(self.branches, probes)]

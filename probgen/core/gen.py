@@ -15,16 +15,13 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception, validation
+from probgen.core import handlers, validation
 from probgen.core.choicemap import ChoiceMap, format_address, normalize_address
 from probgen.core.errors import AddressError, ConstraintError, MissingChoiceError, StrategyError
 from probgen.core.gfi import GenerativeFunction, Mode, add_extras, zero
 from probgen.core.trace import Trace
 from probgen.distributions import protocol
 from probgen.distributions.strategies import PATH
-
-_HANDLERS: list["_Handler"] = []
-
 
 def sample(address, target, *args, strategy=None):
     """Make a named random choice inside a ``@pg.gen`` function.
@@ -51,17 +48,18 @@ def sample(address, target, *args, strategy=None):
         >>> sorted(tr.choices.addresses())
         [('x',), ('z',)]
     """
-    if not _HANDLERS:
+    handler = handlers.innermost(_Handler)
+    if handler is None:
         raise RuntimeError(
             f"pg.sample({address!r}, ...) was called outside a generative function: decorate "
             "the function with @pg.gen and run it with simulate / generate / assess / update"
         )
     path = normalize_address(address)
-    return _HANDLERS[-1].visit(path, target, args, strategy)
+    return handler.visit(path, target, args, strategy)
 
 
 class _Handler:
-    """Interprets the sample sites of one execution of a ``@pg.gen`` body."""
+    """Interprets the sample sites of one execution of a ``@pg.gen`` body (a handler on the stack)."""
 
     def __init__(self, gf_name: str, key, constraints: ChoiceMap, mode: Mode):
         self.gf_name = gf_name
@@ -75,14 +73,6 @@ class _Handler:
         self.site_scores: dict[tuple[str, ...], Any] = {}
         self.counter = 0
 
-    def __enter__(self):
-        _HANDLERS.append(self)
-        return self
-
-    def __exit__(self, *exc):
-        _HANDLERS.pop()
-        return False
-
     def _next_key(self):
         self.counter += 1
         if self.key is None:
@@ -90,7 +80,7 @@ class _Handler:
         return jax.random.fold_in(self.key, self.counter)
 
     def _claim(self, path: tuple[str, ...]) -> None:
-        where = format_address(interception.full_address(path))
+        where = format_address(handlers.full_address(path))
         for existing in self.entries:
             if existing == path:
                 raise AddressError(
@@ -118,7 +108,7 @@ class _Handler:
             if strategy is not None:
                 raise StrategyError(
                     f"strategy= applies to distributions, not to the generative function at "
-                    f"{format_address(interception.full_address(path))!r}; set strategies on its own sites"
+                    f"{format_address(handlers.full_address(path))!r}; set strategies on its own sites"
                 )
             return self._visit_gf(path, target, args, key)
         if protocol.is_distribution(target):
@@ -129,7 +119,7 @@ class _Handler:
                 )
             return self._visit_dist(path, target, strategy, key)
         raise TypeError(
-            f"pg.sample at {format_address(interception.full_address(path))!r} got a "
+            f"pg.sample at {format_address(handlers.full_address(path))!r} got a "
             f"{type(target).__name__}; expected a distribution (numpyro, distrax, pg.Distribution) "
             "or a generative function"
         )
@@ -138,14 +128,14 @@ class _Handler:
         sub = self._constraint(path)
         if sub is not None and not isinstance(sub, ChoiceMap):
             raise ConstraintError(
-                f"address {format_address(interception.full_address(path))!r} is a call to "
+                f"address {format_address(handlers.full_address(path))!r} is a call to "
                 f"{gf.__name__}, but the constraints hold a single value there; give a choice map "
                 "of its inner addresses"
             )
         from probgen.core.gfi import check_args
 
         check_args(gf, args)
-        with interception.address_scope(path):
+        with handlers.handle(handlers.AddressScope(path)):
             trace, weight = gf._run(key, sub if sub is not None else ChoiceMap(), args, self.mode)
         self.entries[path] = trace.choices
         # A callee whose score does not split by site is one unit at its address.
@@ -159,7 +149,7 @@ class _Handler:
         dist, attached, options = protocol.unwrap(dist_like)
         strategy = protocol.Strategy(strategy) if strategy is not None else attached
         strategy = strategy or protocol.default_strategy(dist)
-        full = interception.full_address(path)
+        full = handlers.full_address(path)
         reason = protocol.strategy_error(dist, strategy)
         if reason is not None:
             raise StrategyError(f"sample site {format_address(full)!r}: {reason}")
@@ -183,7 +173,7 @@ class _Handler:
                 f"assess of {self.gf_name}: no value for sample site {format_address(full)!r}; "
                 "assess needs every choice (use generate to draw the missing ones)"
             )
-        if validation.is_validating():
+        if handlers.is_validating():
             _check_distribution(full, dist, value)
         # PATH (sticking the landing) stops the parameters in the log density of a value
         # the site *draws*; a given value keeps its full gradient (assess, generate, update).
@@ -192,7 +182,7 @@ class _Handler:
         if value is None:
             value, extras = self._draw(full, dist, strategy, options, key)
             log_p = protocol.log_density(drawn_dist, value)
-        elif self.mode is not Mode.ASSESS and interception.in_placeholder_scope():
+        elif self.mode is not Mode.ASSESS and handlers.in_placeholder_scope():
             # A placeholder (left by a switch branch not taken, or a padded scan step)
             # counts as absent: draw fresh and add no weight.
             absent = _is_placeholder(value)
@@ -212,9 +202,9 @@ class _Handler:
         return value
 
     def _draw(self, full, dist, strategy, options, key):
-        interceptor = interception.current_interceptor()
+        interceptor = handlers.interceptor()
         if interceptor is not None:
-            site = interception.Site(full, dist, strategy, options, interception.current_combinators())
+            site = handlers.Site(full, dist, strategy, options, handlers.combinators())
             result = interceptor.draw(site, key)
             if result is not None:
                 return result
@@ -260,7 +250,7 @@ class GenFn(GenerativeFunction):
 
     def _run(self, key, constraints, args, mode):
         handler = _Handler(self.__name__, key, constraints, mode)
-        with handler:
+        with handlers.handle(handler):
             retval = self.fn(*args)
         trace = Trace(self, args, retval, handler.choices(), handler.score, handler.extras,
                       ChoiceMap(handler.site_scores))

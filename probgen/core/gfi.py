@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probgen.core import interception
+from probgen.core import handlers
 from probgen.core.choicemap import EMPTY, ChoiceMap, as_choicemap, format_address
 from probgen.core.errors import ArgumentError, ConstraintError
 from probgen.core.trace import Trace
@@ -55,9 +55,9 @@ class GenerativeFunction:
             [('flip',)]
         """
         check_args(self, args)
-        with interception.public_call():
+        with handlers.public_call():
             trace, _ = self._run(key, EMPTY, args, Mode.SIMULATE)
-        interception.report_trace(trace)
+        handlers.report_trace(trace)
         return trace
 
     def assess(self, choices: ChoiceMap | dict, *args: Any) -> tuple[jax.Array, Any]:
@@ -74,10 +74,10 @@ class GenerativeFunction:
         """
         check_args(self, args)
         choices = as_choicemap(choices)
-        with interception.public_call():
+        with handlers.public_call():
             trace, weight = self._run(None, choices, args, Mode.ASSESS)
         check_consumed(self, choices, trace.choices)
-        interception.report_trace(trace)
+        handlers.report_trace(trace)
         return trace.score, trace.retval
 
     def generate(self, key: jax.Array, constraints: ChoiceMap | dict, *args: Any) -> tuple[Trace, jax.Array]:
@@ -98,10 +98,10 @@ class GenerativeFunction:
         """
         check_args(self, args)
         constraints = as_choicemap(constraints)
-        with interception.public_call():
+        with handlers.public_call():
             trace, weight = self._run(key, constraints, args, Mode.GENERATE)
         check_consumed(self, constraints, trace.choices)
-        interception.report_trace(trace)
+        handlers.report_trace(trace)
         return trace, weight
 
     def update(
@@ -163,6 +163,43 @@ class GenerativeFunction:
         old_kept = _masked_sum(trace.site_scores, selection, kept)
         return new_trace, weight - old_kept
 
+    def project(self, trace: Trace, selection: Any) -> jax.Array:
+        """The log density of the ``selection``'s choices in ``trace`` (Gen's ``project``).
+
+        The sum of the trace's per-site scores at the selected addresses: the log
+        likelihood of a tempered target when the selection is the observations, and a
+        term of the reverse weight of a move. Works for sites inside any combinator.
+
+        Example:
+            >>> import jax, probgen as pg
+            >>> @pg.gen
+            ... def model():
+            ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
+            ...     return pg.sample("x", pg.Normal(z, 1.0))
+            >>> tr, _ = model.generate(jax.random.key(0), {"z": 0.0, "x": 0.0})
+            >>> round(float(model.project(tr, pg.select("x"))), 4)
+            -0.9189
+        """
+        from probgen.core.choicemap import as_selection
+
+        if trace.gf is not self:
+            raise ArgumentError(f"project of {self.__name__} was given a trace of {trace.gf.__name__!r}")
+        if trace.site_scores is None:
+            raise ConstraintError(f"project: the score of {self.__name__} does not split by site")
+        selection = as_selection(selection)
+        total = zero()
+        for address, score in trace.site_scores.to_dict().items():
+            inner = [a for a in trace.choices.addresses() if a[: len(address)] == address]
+            chosen = [selection.contains(a) for a in inner]
+            if any(chosen) and not all(chosen):
+                raise ConstraintError(
+                    f"project: {format_address(address)!r} is scored as one unit (a marginal or "
+                    "normalized family); select all of it or none"
+                )
+            if chosen and chosen[0]:
+                total = total + jnp.sum(score)
+        return total
+
     def _update(self, key, trace: Trace, constraints, args, where: str):
         """The shared body of ``update`` and ``regenerate``: ``(trace, weight, discarded, kept)``.
 
@@ -182,11 +219,11 @@ class GenerativeFunction:
         merged = trace.choices.merge(constraints)
         from probgen.core.gen import _is_placeholder, placeholder_like
 
-        with interception.public_call(constraints.addresses()) as switched:
-            prefix = interception.full_address(())
+        with handlers.public_call(constraints.addresses()) as call:
+            prefix = handlers.full_address(())
             new_trace, weight = self._run(key, merged, args, Mode.GENERATE)
         check_consumed(self, constraints, new_trace.choices)
-        switched = {a[len(prefix):] for a in switched}
+        switched = {a[len(prefix):] for a in call.switched}
         replaced = set(constraints.addresses())
         discarded, kept = {}, {}
         new_scores = new_trace.site_scores.to_dict() if new_trace.site_scores is not None else {}
@@ -213,7 +250,7 @@ class GenerativeFunction:
                 kept[address] = jnp.asarray(True)
                 if address in replaced:
                     discarded[address] = old
-        interception.report_trace(new_trace)
+        handlers.report_trace(new_trace)
         return new_trace, weight, ChoiceMap(discarded), kept
 
     # Convenience so that ``gf.simulate`` etc. can be jitted with the GF closed over.

@@ -10,35 +10,18 @@ they cost nothing. Checks are built on ``jax.experimental.checkify``, so they wo
 
 from __future__ import annotations
 
-import contextlib
 import functools
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 from jax.experimental import checkify
 
+from probgen.core import handlers
 from probgen.core.errors import ProbgenError
-
-_VALIDATING: list[bool] = []
-
 
 class ValidationError(ProbgenError, ValueError):
     """A run-time check of :func:`validate` failed; the message names the culprit."""
-
-
-def is_validating() -> bool:
-    """Whether the function being traced now runs under :func:`validate`."""
-    return bool(_VALIDATING) and _VALIDATING[-1]
-
-
-@contextlib.contextmanager
-def _validating(enabled: bool) -> Iterator[None]:
-    _VALIDATING.append(enabled)
-    try:
-        yield
-    finally:
-        _VALIDATING.pop()
 
 
 def check(predicate: Any, message: str, **values: Any) -> None:
@@ -47,7 +30,7 @@ def check(predicate: Any, message: str, **values: Any) -> None:
     ``message`` may hold ``{name}`` fields filled from ``values`` (arrays) at run time.
     Outside :func:`validate` this is a no-op and adds nothing to the program.
     """
-    if is_validating():
+    if handlers.is_validating():
         checkify.check(jnp.all(jnp.asarray(predicate)), message, **values)
 
 
@@ -76,7 +59,7 @@ def validate(fn: Callable, *, jit: bool = True) -> Callable:
     """
 
     def flagged(*args, **kwargs):
-        with _validating(True):
+        with handlers.handle(handlers.Validating(True)):
             return fn(*args, **kwargs)
 
     checked = checkify.checkify(flagged, errors=checkify.user_checks)

@@ -14,12 +14,12 @@ from typing import Any
 
 import jax
 
-from probgen.core import interception
+from probgen.core import handlers
 from probgen.core.choicemap import ChoiceMap, Selection, format_address
 from probgen.core.gfi import GenerativeFunction
 
 
-class _Replay:
+class _Replay(handlers.Interceptor):
     """Interceptor returning recorded values at the given full addresses."""
 
     def __init__(self, values: dict, gf_name: str):
@@ -64,5 +64,5 @@ def replay_generate(gf: GenerativeFunction, choices: ChoiceMap, replayed: Select
     """
     kept = choices.filter(replayed.complement())
     values = choices.filter(replayed).to_dict()
-    with interception.intercept(_Replay(values, gf.__name__)):
+    with handlers.handle(_Replay(values, gf.__name__)):
         return gf.generate(jax.random.key(0), kept, *args)

@@ -37,16 +37,17 @@ Limits (errors name the address): ENUM and MVD sites cannot sit inside a combina
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.extend
 import jax.numpy as jnp
 import numpy as np
 
-from probgen.core import interception
+from probgen.core import handlers
 from probgen.core.choicemap import format_address
 from probgen.core.errors import ProbgenError, StrategyError
 from probgen.distributions import mvd, protocol
@@ -86,7 +87,7 @@ def _as_float(x) -> jax.Array:
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
-class _Collector:
+class _Collector(handlers.Interceptor):
     """Trace-time interceptor for one execution of an expectation program.
 
     ``mode`` is "discover" (record ENUM/MVD sites, static info only), "run" (the main
@@ -113,7 +114,7 @@ class _Collector:
         self.extras.append(dict(trace.extras))
         self.call_index += 1
 
-    def draw(self, site: interception.Site, key):
+    def draw(self, site: handlers.Site, key):
         if site.strategy is REINFORCE:
             value = protocol.draw(site.dist, key, False)
             log_p = protocol.log_density(site.dist, value)
@@ -202,8 +203,38 @@ class _Collector:
         return logp, zero
 
 
+class TermScope:
+    """The gradient terms collected inside :func:`term_scope` (see there)."""
+
+    def __init__(self):
+        self._collector = _Collector("batched")
+
+    def add_log_prob(self, log_prob: jax.Array) -> None:
+        """Add the log-probability of a discrete decision made outside any sample site."""
+        self._collector.logp_terms.append(log_prob)
+
+    def terms(self) -> dict:
+        """The collected terms, as a trace's ``extras`` (summed by every combinator)."""
+        logp, zero = self._collector.totals()
+        return {_LOGP: logp, _BASELINE: zero}
+
+
+@contextlib.contextmanager
+def term_scope() -> Iterator[TermScope]:
+    """Collect the gradient terms of the GF calls made inside, for a GF built from them.
+
+    A generative function whose ``_run`` calls other GFs (``pg.vi.marginal``,
+    ``pg.vi.normalize``) gathers their REINFORCE terms here and returns them as its own
+    trace's ``extras``, so estimators see them like a primitive site's. ENUM and MVD sites
+    are refused inside, as in :func:`vmap`.
+    """
+    scope = TermScope()
+    with handlers.handle(scope._collector):
+        yield scope
+
+
 def _current_collector() -> _Collector | None:
-    obj = interception.current_interceptor()
+    obj = handlers.interceptor()
     return obj if isinstance(obj, _Collector) else None
 
 
@@ -221,7 +252,7 @@ def _trace_state():
 
 def _execute(program, key, args, collector: _Collector) -> _Run:
     collector.trace_state = _trace_state()
-    with interception.intercept(collector):
+    with handlers.handle(collector):
         value = program(key, *args)
     value = jnp.asarray(value)
     if value.shape != ():
@@ -403,7 +434,7 @@ def vmap(fn: Callable, in_axes: Any = 0, axis_size: int | None = None, return_sc
     def batched(*args):
         def one(*member_args):
             collector = _Collector("batched")
-            with interception.intercept(collector):
+            with handlers.handle(collector):
                 out = fn(*member_args)
             logp, zero = collector.totals()
             return out, logp, zero

@@ -32,17 +32,12 @@ import math
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_selection
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
-from probgen.vi import estimator as _ex
-
-
-def _scope_totals(collector: "_ex._Collector") -> dict:
-    logp, zero = collector.totals()
-    return {_ex._LOGP: logp, _ex._BASELINE: zero}
+from probgen.vi.estimator import EstimatorError, term_scope
+from probgen.vi.estimator import vmap as vi_vmap
 
 
 def _log_mean_exp(log_w: jax.Array) -> jax.Array:
@@ -51,7 +46,7 @@ def _log_mean_exp(log_w: jax.Array) -> jax.Array:
 
 def _need_key(name: str, key) -> None:
     if key is None:
-        raise _ex.EstimatorError(
+        raise EstimatorError(
             f"{name} estimates its density by inner importance sampling and needs a key: call "
             f"generate(key, choices, ...) instead of assess(choices, ...)"
         )
@@ -76,12 +71,11 @@ class Marginal(GenerativeFunction):
             log_joint, _ = self.gf.assess(kept.merge(tr.choices), *args)
             return log_joint - tr.score
 
-        return _ex.vmap(one)(jax.random.split(key, count))
+        return vi_vmap(one)(jax.random.split(key, count))
 
     def _run(self, key, constraints, args, mode):
         _need_key(self.__name__, key)
-        scope = _ex._Collector("batched")
-        with interception.intercept(scope):
+        with term_scope() as scope:
             if constraints.is_empty():
                 k_joint, k_rest = jax.random.split(key)
                 joint = self.gf.simulate(k_joint, *args)
@@ -91,7 +85,7 @@ class Marginal(GenerativeFunction):
                 log_w = (joint.score - log_r)[None]
                 if self.num_particles > 1:
                     log_w = jnp.concatenate([log_w, self._particles(k_rest, kept, args, self.num_particles - 1)])
-                retval, weight = joint.retval, jnp.zeros(())
+                retval, weight = joint.retval, jnp.zeros((), joint.score.dtype)
             else:
                 kept = constraints
                 log_w = self._particles(key, kept, args, self.num_particles)
@@ -99,7 +93,7 @@ class Marginal(GenerativeFunction):
         log_q = _log_mean_exp(log_w)
         if weight is None:
             weight = log_q
-        return Trace(self, args, retval, kept, log_q, _scope_totals(scope)), weight
+        return Trace(self, args, retval, kept, log_q, scope.terms()), weight
 
 
 def marginal(gf: GenerativeFunction, keep, proposal: GenerativeFunction, num_particles: int = 1) -> Marginal:
@@ -149,36 +143,34 @@ class Normalized(GenerativeFunction):
             raise TypeError(f"{self.__name__} takes (observations, target_args, proposal_args), got {len(args)} arguments")
         observations, target_args, proposal_args = args
         observations = ChoiceMap(observations) if not isinstance(observations, ChoiceMap) else observations
-        scope = _ex._Collector("batched")
-
         def one(k):
             tr = self.proposal.simulate(k, *proposal_args)
             log_target, _ = self.target.assess(tr.choices.merge(observations), *target_args)
             return tr.choices, log_target, tr.score
 
-        with interception.intercept(scope):
+        with term_scope() as scope:
             k_pick, k_particles = jax.random.split(key)
             if constraints.is_empty():
-                choices, log_target, log_q = _ex.vmap(one)(jax.random.split(k_particles, self.num_particles))
+                choices, log_target, log_q = vi_vmap(one)(jax.random.split(k_particles, self.num_particles))
                 log_w = log_target - log_q
                 index = jax.random.categorical(k_pick, jax.lax.stop_gradient(log_w))
                 # The resampling index is a discrete choice: its score-function term keeps
                 # objectives over this family unbiased.
-                scope.logp_terms.append(jax.nn.log_softmax(log_w)[index])
+                scope.add_log_prob(jax.nn.log_softmax(log_w)[index])
                 chosen = jax.tree.map(lambda leaf: leaf[index], choices)
                 score = log_target[index] - _log_mean_exp(log_w)
-                weight = jnp.zeros(())
+                weight = jnp.zeros((), score.dtype)
             else:
                 chosen = constraints
                 log_target0, _ = self.target.assess(chosen.merge(observations), *target_args)
                 log_q0, _ = self.proposal.assess(chosen, *proposal_args)
                 log_w = (log_target0 - log_q0)[None]
                 if self.num_particles > 1:
-                    _, log_target, log_q = _ex.vmap(one)(jax.random.split(k_particles, self.num_particles - 1))
+                    _, log_target, log_q = vi_vmap(one)(jax.random.split(k_particles, self.num_particles - 1))
                     log_w = jnp.concatenate([log_w, log_target - log_q])
                 score = log_target0 - _log_mean_exp(log_w)
                 weight = score
-        return Trace(self, args, None, chosen, score, _scope_totals(scope)), weight
+        return Trace(self, args, None, chosen, score, scope.terms()), weight
 
 
 def normalize(target: GenerativeFunction, proposal: GenerativeFunction, num_particles: int) -> Normalized:

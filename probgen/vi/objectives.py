@@ -29,7 +29,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probgen.core import interception
+from probgen.core import handlers
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.errors import SettingError
@@ -111,7 +111,7 @@ def _check_particles(name: str, num_particles: int, least: int = 1) -> int:
     return static_int(num_particles, "num_particles", name, least)
 
 
-class _PathSites:
+class _PathSites(handlers.Interceptor):
     """Interceptor that records the guide's PATH sites while its shape is traced."""
 
     def __init__(self):
@@ -126,7 +126,7 @@ class _PathSites:
 def _warn_path_bias(name: str, guide, key, guide_args) -> None:
     """PATH (sticking the landing) in a multi-sample bound gives a biased gradient: say so."""
     recorder = _PathSites()
-    with interception.intercept(recorder):
+    with handlers.handle(recorder):
         jax.eval_shape(lambda k, a: guide.simulate(k, *a).score, key, tuple(guide_args))
     if recorder.addresses:
         names = ", ".join(repr(format_address(a)) for a in recorder.addresses)

@@ -225,3 +225,20 @@ def test_scan_update_to_a_new_length(new_length):
         expected = float(new.score) - float(trace.score)
         np.testing.assert_array_equal(np.asarray(discarded["z"]), np.asarray(trace["z"]))
     assert np.isclose(float(log_w), expected, atol=1e-4)
+
+
+# -- project: per-site scores, also inside combinators -------------------------------------------
+
+def test_project_sums_the_selected_sites_inside_scan_and_vmap():
+    trace = pg.scan(ar_step).simulate(jax.random.key(4), 0.0, jnp.zeros(6))
+    z, y = np.asarray(trace["z"], np.float64), np.asarray(trace["y"], np.float64)
+    log_lik = norm.logpdf(y, z, 0.5).sum()
+    assert np.isclose(float(trace.gf.project(trace, pg.select("y"))), log_lik, rtol=1e-5)
+    z_prev = np.concatenate([[0.0], z[:-1]])
+    log_prior = norm.logpdf(z, 0.9 * z_prev, 1.0).sum()
+    assert np.isclose(float(trace.gf.project(trace, pg.select("z"))), log_prior, rtol=1e-5)
+    # Under a switch, the branch not taken contributes nothing.
+    tr, _ = model.generate(jax.random.key(0), {("mix", "component"): 0, ("mix", "value", "a"): 0.4, "y": 1.0},
+                           LOGITS)
+    value_score = float(model.project(tr, pg.select("mix")))
+    assert np.isclose(value_score, math.log(0.7) + norm.logpdf(0.4, 0.0, 1.0), atol=1e-5)
