@@ -43,3 +43,10 @@ from probgen.distributions.strategies import (
     REPARAM,
     Strategy,
 )
+
+__all__ = [
+    "Bernoulli", "BernoulliLogits", "Beta", "Binomial", "Categorical", "Cauchy", "Delta", "Dirichlet",
+    "Distribution", "ENUM", "Exponential", "Gamma", "Geometric", "HalfNormal", "IMPLICIT", "Laplace",
+    "LogNormal", "MVD", "MultivariateNormal", "Normal", "PATH", "Poisson", "REINFORCE", "REPARAM",
+    "Strategy", "StudentT", "Uniform", "WithStrategy", "default_strategy", "dist", "with_strategy",
+]

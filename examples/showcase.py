@@ -5,7 +5,7 @@
 2. A particle filter on a linear-Gaussian state-space model, checked against the Kalman filter.
 3. Diffusion sampling of a 2-D mixture with several samplers, and Feynman–Kac annealing.
 
-Run ``python -m probgen.showcase [--out demo_output]``; it prints a results table and writes
+Run ``python examples/showcase.py [--out demo_output]``; it prints a results table and writes
 its plots to the folder it names.
 """
 
