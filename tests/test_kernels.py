@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 import probgen as pg
+from probgen.kernels import check_horizon, grid_time
 
 
 def ar1(rho):
     def step(key, x):
-        x = rho * x + jax.random.normal(key)
+        x = rho * x + jax.random.normal(key, (), jnp.result_type(x))  # keeps the state's dtype
         return x, {"x": x}
 
     return pg.Kernel(init=jnp.asarray, step=step)
@@ -21,8 +22,8 @@ def test_run_all_matches_manual_loop():
     key = jax.random.key(0)
     final, (states, infos) = jax.jit(lambda k: pg.run(kernel, k, kernel.init(1.0), 7, keep="all"))(key)
     x = 1.0
-    for t, k in enumerate(jax.random.split(key, 7)):
-        x, _ = kernel.step(k, x)
+    for t in range(7):  # the documented key schedule: step i uses fold_in(key, i)
+        x, _ = kernel.step(jax.random.fold_in(key, t), x)
         assert float(states[t]) == pytest.approx(float(x), rel=1e-6)
     assert float(final) == pytest.approx(float(x), rel=1e-6)
     assert np.allclose(infos["x"], states)
@@ -51,7 +52,100 @@ def test_stationary_variance_of_ar1():
 
 def test_bad_arguments():
     kernel = ar1(0.5)
-    with pytest.raises(ValueError, match="num_steps"):
-        pg.run(kernel, jax.random.key(0), 0.0, 0)
-    with pytest.raises(ValueError, match="keep"):
+    for bad in (0, 2.0, True, jnp.int32(3)):
+        with pytest.raises(pg.SettingError, match="run: num_steps"):
+            pg.run(kernel, jax.random.key(0), 0.0, bad)
+    with pytest.raises(pg.SettingError, match="keep"):
         pg.run(kernel, jax.random.key(0), 0.0, 3, keep="every")
+    final, _ = pg.run(kernel, jax.random.key(0), jnp.float32(0.0), np.int64(3))  # NumPy ints are counts
+    assert final.shape == ()
+
+
+def _shapes_in(jaxpr):
+    """Every array shape appearing in a jaxpr, its sub-jaxprs (the scan body) included."""
+    shapes = [v.aval.shape for v in list(jaxpr.invars) + list(jaxpr.constvars) if hasattr(v.aval, "shape")]
+    for eqn in jaxpr.eqns:
+        shapes += [v.aval.shape for v in list(eqn.invars) + list(eqn.outvars) if hasattr(v.aval, "shape")]
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (list, tuple)) else [param]:
+                inner = getattr(sub, "jaxpr", sub)
+                if isinstance(inner, jax.extend.core.Jaxpr):
+                    shapes += _shapes_in(inner)
+    return shapes
+
+
+def test_keep_last_builds_no_per_step_key_array():
+    """Regression: run used to materialise split(key, num_steps), 8-16 bytes per step."""
+    kernel = ar1(0.5)
+    num_steps = 12345  # a size no other array in the program has
+    jaxpr = jax.make_jaxpr(lambda k: pg.run(kernel, k, jnp.float32(0.0), num_steps))(jax.random.key(0))
+    shapes = _shapes_in(jaxpr.jaxpr)
+    assert shapes, "the walker found no arrays"
+    assert not [s for s in shapes if num_steps in s], [s for s in shapes if num_steps in s]
+    # ...while keep="all" does hold the (num_steps,) trajectory: the walker can tell.
+    jaxpr_all = jax.make_jaxpr(lambda k: pg.run(kernel, k, jnp.float32(0.0), num_steps, keep="all"))(
+        jax.random.key(0))
+    assert (num_steps,) in _shapes_in(jaxpr_all.jaxpr)
+
+
+def test_same_key_same_answer_for_every_keep_and_prefix():
+    kernel = ar1(0.7)
+    key = jax.random.key(5)
+    final_last, info_last = pg.run(kernel, key, jnp.float32(0.3), 40)
+    final_all, (states, infos) = pg.run(kernel, key, jnp.float32(0.3), 40, keep="all")
+    assert float(final_last) == float(final_all) == float(states[-1]) == float(info_last["x"])
+    # the first 25 steps of a 40-step run are the 25-step run
+    assert float(pg.run(kernel, key, jnp.float32(0.3), 25)[0]) == float(states[24])
+    # and under vmap over keys, each member equals its own unbatched run
+    keys = jax.random.split(key, 3)
+    batched, _ = jax.vmap(lambda k: pg.run(kernel, k, jnp.float32(0.3), 40))(keys)
+    assert float(batched[2]) == float(pg.run(kernel, keys[2], jnp.float32(0.3), 40)[0])
+
+
+def counter(horizon):
+    """A fixed-horizon kernel: its state is the step index, checked against the horizon."""
+
+    def step(key, index):
+        check_horizon(index, horizon, "counter")
+        return index + 1, index
+
+    return pg.Kernel(init=lambda: jnp.zeros((), jnp.int32), step=step, horizon=horizon)
+
+
+def test_kernel_without_horizon_is_backward_compatible():
+    kernel = pg.Kernel(jnp.asarray, lambda k, x: (x + 1.0, x))
+    assert kernel.horizon is None and len(kernel) == 3
+    assert float(pg.run(kernel, jax.random.key(0), kernel.init(0.0), 10_000)[0]) == 10_000.0
+
+
+def test_run_refuses_to_drive_a_kernel_past_its_horizon():
+    kernel = counter(5)
+    final, _ = pg.run(kernel, jax.random.key(0), kernel.init(), 5)
+    assert int(final) == 5
+    with pytest.raises(pg.SettingError, match=r"num_steps=6 exceeds the kernel's horizon of 5"):
+        pg.run(kernel, jax.random.key(0), kernel.init(), 6)
+    with pytest.raises(pg.SettingError, match="horizon"):
+        jax.jit(lambda s: pg.run(kernel, jax.random.key(0), s, 6, keep="all"))(kernel.init())
+
+
+def test_validate_catches_a_resumed_run_past_the_horizon():
+    kernel = counter(5)
+    checked = pg.validate(lambda s, key: pg.run(kernel, key, s, 3)[0])
+    assert int(checked(jnp.int32(2), jax.random.key(0))) == 5  # steps 2, 3, 4: inside
+    with pytest.raises(pg.ValidationError, match="counter: step index 5 is past the kernel's horizon of 5"):
+        checked(jnp.int32(3), jax.random.key(0))
+    # without validate the same program runs unchecked
+    assert int(pg.run(kernel, jax.random.key(0), jnp.int32(3), 3)[0]) == 6
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_grid_time_is_exact_at_both_ends_and_accurate_inside(dtype):
+    with jax.enable_x64(True):
+        for n in (1, 3, 7, 50, 333, 1000, 4097):
+            steps = jnp.arange(n + 1)
+            times = jax.jit(lambda i, n=n: grid_time(i, n, 1.0, 1e-3, dtype))(steps)
+            assert times.dtype == dtype
+            assert float(times[0]) == 1.0 and float(times[-1]) == float(np.asarray(1e-3, dtype))
+            exact = 1.0 + np.arange(n + 1) * (1e-3 - 1.0) / n  # float64 reference
+            ulp = float(np.finfo(dtype).eps)
+            np.testing.assert_allclose(np.asarray(times, np.float64), exact, rtol=0, atol=4 * ulp)

@@ -24,7 +24,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from probgen.diffusion.samplers import _check_common, time_grid
+from probgen.core.errors import SettingError
+from probgen.diffusion.samplers import _as_float, _check_common, _step_times, time_grid
 from probgen.diffusion.sde import SDE, ScoreFn, _bcast, checked_score
 from probgen.kernels import Kernel, run
 from probgen.mc.resampling import SCHEMES, ess, maybe_resample
@@ -73,21 +74,21 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
         >>> s.log_weights.shape
         (64,)
     """
-    _check_common("feynman_kac", sde, num_steps, t_min)
+    num_steps = _check_common("feynman_kac", sde, num_steps, t_min)
     score_fns = tuple(checked_score(fn, f"feynman_kac score_fns[{i}]") for i, fn in enumerate(score_fns))
     betas = tuple(float(b) for b in betas)
     if len(score_fns) == 0 or len(score_fns) != len(betas):
-        raise ValueError(f"feynman_kac: need one beta per score, got {len(score_fns)} scores and {len(betas)} betas")
+        raise SettingError(f"feynman_kac: need one beta per score, got {len(score_fns)} scores and {len(betas)} betas")
     if sum(betas) <= 0:
-        raise ValueError(f"feynman_kac: the betas must sum to a positive number, got {betas}")
+        raise SettingError(f"feynman_kac: the betas must sum to a positive number, got {betas}")
     if not 0.0 <= ess_threshold <= 1.0:
-        raise ValueError(f"feynman_kac: ess_threshold must lie in [0, 1], got {ess_threshold!r}")
+        raise SettingError(f"feynman_kac: ess_threshold must lie in [0, 1], got {ess_threshold!r}")
     if scheme not in SCHEMES:
-        raise ValueError(f"feynman_kac: unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+        raise SettingError(f"feynman_kac: unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
     grid = time_grid(sde, num_steps, t_min)
 
     def init(x, log_weights=None):
-        x = jnp.asarray(x)
+        x = _as_float(x)
         if x.ndim < 2:
             raise ValueError(f"feynman_kac.init: x must have shape (num_particles, *event_shape), got {x.shape}")
         if log_weights is None:
@@ -96,7 +97,7 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
 
     def step(key, state):
         k_move, k_resample = jax.random.split(key)
-        t, s = grid(state.step), grid(state.step + 1)
+        t, s = _step_times("feynman_kac", grid, num_steps, state.step, state.x.dtype)
         h = t - s
         x = state.x
         scores = [fn(x, t) for fn in score_fns]
@@ -115,7 +116,7 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
             resampled = jnp.asarray(False)
         return FKCState(x_new, log_weights, state.step + 1), FKCInfo(current_ess, resampled)
 
-    return Kernel(init=init, step=step)
+    return Kernel(init=init, step=step, horizon=num_steps)
 
 
 def fkc_sample(key: jax.Array, sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], shape,

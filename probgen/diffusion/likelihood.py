@@ -13,8 +13,11 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
+from probgen.diffusion.samplers import _as_float
 from probgen.diffusion.sde import SDE, ScoreFn, checked_score
-from probgen.kernels import Kernel, run
+from probgen.kernels import Kernel, check_horizon, grid_time, run
 
 
 class LikelihoodState(NamedTuple):
@@ -70,7 +73,9 @@ def likelihood_kernel(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float 
       method: ``"euler"`` or ``"heun"``.
 
     Returns:
-      A :class:`probgen.Kernel` with ``init(x) -> LikelihoodState``.
+      A :class:`probgen.Kernel` with ``init(x) -> LikelihoodState`` and ``horizon=num_steps``;
+      times are computed from the step index in the dtype of ``x`` (the last step ends
+      exactly at ``t_max``).
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -81,40 +86,43 @@ def likelihood_kernel(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float 
         (2,)
     """
     if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"likelihood: divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+        raise SettingError(f"likelihood: divergence must be 'exact' or 'hutchinson', got {divergence!r}")
     if method not in ("euler", "heun"):
-        raise ValueError(f"likelihood: method must be 'euler' or 'heun', got {method!r}")
+        raise SettingError(f"likelihood: method must be 'euler' or 'heun', got {method!r}")
     if probe not in ("rademacher", "gaussian"):
-        raise ValueError(f"likelihood: probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"likelihood: num_steps must be a positive int, got {num_steps!r}")
+        raise SettingError(f"likelihood: probe must be 'rademacher' or 'gaussian', got {probe!r}")
+    num_steps = static_int(num_steps, "num_steps", "likelihood")
+    num_probes = static_int(num_probes, "num_probes", "likelihood")
+    if not 0.0 <= t_min < sde.t_max:
+        raise SettingError(f"likelihood: t_min must lie in [0, t_max={sde.t_max}), got {t_min!r}")
     score_fn = checked_score(score_fn, "likelihood")
     div_fn = _exact_divergence if divergence == "exact" else _hutchinson(num_probes, probe)
-    dt = (sde.t_max - t_min) / num_steps
 
     def field(x, t, key):
         v_fn = lambda y: sde.ode_drift(score_fn, y, t)  # noqa: E731
         return v_fn(x), div_fn(v_fn, x, key)
 
     def init(x):
-        x = jnp.asarray(x)
+        x = _as_float(x)
         if x.ndim < 2:
             raise ValueError(f"likelihood.init: x must have shape (num_points, *event_shape), got {x.shape}")
         return LikelihoodState(x, jnp.zeros(x.shape[:1], x.dtype), jnp.zeros((), jnp.int32))
 
     def step(key, state):
         k1, k2 = jax.random.split(key)
-        t = t_min + dt * state.step.astype(jnp.result_type(float))
+        check_horizon(state.step, num_steps, "likelihood")
+        t, s = (grid_time(i, num_steps, t_min, sde.t_max, state.x.dtype) for i in (state.step, state.step + 1))
+        dt = s - t
         v1, d1 = field(state.x, t, k1)
         x_new = state.x + dt * v1
         delta = dt * d1
         if method == "heun":
-            v2, d2 = field(x_new, t + dt, k2)
+            v2, d2 = field(x_new, s, k2)
             x_new = state.x + 0.5 * dt * (v1 + v2)
             delta = 0.5 * dt * (d1 + d2)
-        return LikelihoodState(x_new, state.delta_log_prob + delta, state.step + 1), t + dt
+        return LikelihoodState(x_new, state.delta_log_prob + delta, state.step + 1), s
 
-    return Kernel(init=init, step=step)
+    return Kernel(init=init, step=step, horizon=num_steps)
 
 
 def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: jax.Array, num_steps: int = 200,

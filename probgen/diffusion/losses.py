@@ -13,6 +13,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.diffusion.sde import SDE, _bcast
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
@@ -38,7 +40,8 @@ def model_to_score(sde: SDE, output: jax.Array, x: jax.Array, t, parameterizatio
         True
     """
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+        raise SettingError(f"model_to_score: unknown parameterization {parameterization!r}; "
+                           f"choose one of {PARAMETERIZATIONS}")
     a, sg = _bcast(sde.alpha(t), x), _bcast(sde.sigma(t), x)
     if parameterization == "score":
         return output
@@ -61,7 +64,8 @@ def score_from_model(sde: SDE, model_fn: Callable, params, parameterization: str
         (3, 2)
     """
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"unknown parameterization {parameterization!r}; choose one of {PARAMETERIZATIONS}")
+        raise SettingError(f"score_from_model: unknown parameterization {parameterization!r}; "
+                           f"choose one of {PARAMETERIZATIONS}")
 
     def score_fn(x, t):
         t_vec = jnp.broadcast_to(jnp.asarray(t, x.dtype), x.shape[:1])
@@ -97,19 +101,20 @@ def denoising_score_matching(sde: SDE, model_fn: Callable, parameterization: str
         ()
     """
     if parameterization not in PARAMETERIZATIONS:
-        raise ValueError(f"denoising_score_matching: unknown parameterization {parameterization!r}; "
+        raise SettingError(f"denoising_score_matching: unknown parameterization {parameterization!r}; "
                          f"choose one of {PARAMETERIZATIONS}")
     if weighting not in WEIGHTINGS:
-        raise ValueError(f"denoising_score_matching: unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
+        raise SettingError(f"denoising_score_matching: unknown weighting {weighting!r}; choose one of {WEIGHTINGS}")
     if not 0.0 < t_min < sde.t_max:
-        raise ValueError(f"denoising_score_matching: t_min must lie in (0, {sde.t_max}), got {t_min!r}")
+        raise SettingError(f"denoising_score_matching: t_min must lie in (0, {sde.t_max}), got {t_min!r}")
 
     def loss_fn(key, params, batch):
         batch = jnp.asarray(batch)
         if batch.ndim < 2:
             raise ValueError(f"denoising_score_matching: batch must have shape (B, *event_shape), got {batch.shape}")
         k_t, k_eps = jax.random.split(key)
-        t = jax.random.uniform(k_t, batch.shape[:1], minval=t_min, maxval=sde.t_max)
+        batch = batch if jnp.issubdtype(batch.dtype, jnp.floating) else batch.astype(jnp.result_type(float))
+        t = jax.random.uniform(k_t, batch.shape[:1], batch.dtype, minval=t_min, maxval=sde.t_max)
         eps = jax.random.normal(k_eps, batch.shape, batch.dtype)
         a, sg = _bcast(sde.alpha(t), batch), _bcast(sde.sigma(t), batch)
         x_t = a * batch + sg * eps
@@ -156,9 +161,8 @@ def sliced_score_matching(model_fn: Callable, num_projections: int = 1, variance
         -3.0
     """
     if projection not in ("rademacher", "gaussian"):
-        raise ValueError(f"sliced_score_matching: projection must be 'rademacher' or 'gaussian', got {projection!r}")
-    if not isinstance(num_projections, int) or num_projections < 1:
-        raise ValueError(f"sliced_score_matching: num_projections must be a positive int, got {num_projections!r}")
+        raise SettingError(f"sliced_score_matching: projection must be 'rademacher' or 'gaussian', got {projection!r}")
+    num_projections = static_int(num_projections, "num_projections", "sliced_score_matching")
 
     def loss_fn(key, params, batch):
         batch = jnp.asarray(batch)

@@ -70,7 +70,7 @@ class GaussianMixture(NamedTuple):
         k_comp, k_noise = jax.random.split(key)
         comp = jax.random.categorical(k_comp, self.log_weights, shape=(num_samples,))
         chol = jnp.linalg.cholesky(self.covs)
-        z = jax.random.normal(k_noise, (num_samples, self.dim))
+        z = jax.random.normal(k_noise, (num_samples, self.dim), self.means.dtype)
         return self.means[comp] + jnp.einsum("nij,nj->ni", chol[comp], z)
 
     def mean(self) -> jax.Array:
@@ -86,7 +86,7 @@ class GaussianMixture(NamedTuple):
     def noised(self, sde: SDE, t) -> "GaussianMixture":
         """The exact marginal ``p_t`` of this mixture pushed through ``sde`` to time ``t``."""
         a, s = sde.alpha(t), sde.sigma(t)
-        eye = jnp.eye(self.dim)
+        eye = jnp.eye(self.dim, dtype=self.covs.dtype)
         return GaussianMixture(self.log_weights, a * self.means, a**2 * self.covs + s**2 * eye)
 
 
@@ -108,18 +108,19 @@ def gaussian_mixture(weights, means, covs) -> GaussianMixture:
         >>> gmm.mean().tolist()
         [1.5, 1.5]
     """
-    weights = jnp.asarray(weights, dtype=jnp.float32)
-    means = jnp.asarray(means, dtype=jnp.float32)
+    weights, means, covs = jnp.asarray(weights), jnp.asarray(means), jnp.asarray(covs)
+    # The caller's floating dtype (float64 lists under x64), never a fixed float32.
+    dtype = jnp.result_type(weights, means, covs, float)
+    weights, means, covs = weights.astype(dtype), means.astype(dtype), covs.astype(dtype)
     if weights.ndim != 1:
         raise ValueError(f"gaussian_mixture: weights must have shape (K,), got {weights.shape}")
     if means.ndim != 2 or means.shape[0] != weights.shape[0]:
         raise ValueError(
             f"gaussian_mixture: means must have shape (K, D) = ({weights.shape[0]}, D), got {means.shape}")
     k, d = means.shape
-    covs = jnp.asarray(covs, dtype=jnp.float32)
     if covs.ndim <= 1:
         stds = jnp.broadcast_to(covs, (k,))
-        covs = stds[:, None, None] ** 2 * jnp.eye(d)
+        covs = stds[:, None, None] ** 2 * jnp.eye(d, dtype=dtype)
     if covs.shape != (k, d, d):
         raise ValueError(f"gaussian_mixture: covs must have shape {(k, d, d)} or be stds, got {covs.shape}")
     return GaussianMixture(jnp.log(weights / jnp.sum(weights)), means, covs)

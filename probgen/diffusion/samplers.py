@@ -4,6 +4,9 @@ All samplers walk the same uniform time grid ``t_i = t_max + i (t_min - t_max) /
 from ``t_max`` down to ``t_min`` in ``num_steps`` steps; the state is
 ``SamplerState(x, step)`` with ``x`` of shape ``(num_particles, *event_shape)``. Every sampler
 takes the same ``score_fn(x, t)`` (batched over the leading particle axis, scalar ``t``).
+Times are computed from the integer step in the dtype of ``x`` (float64 runs stay float64
+and end exactly at ``t_min``). Each sampler is a fixed-horizon kernel (``horizon=num_steps``):
+``pg.run`` refuses more steps and, under ``pg.validate``, a step past the end fails.
 
 Example:
     >>> import jax, probgen as pg
@@ -23,8 +26,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.diffusion.sde import SDE, ScoreFn, checked_score
-from probgen.kernels import Kernel, run
+from probgen.kernels import Kernel, check_horizon, grid_time, run
 
 
 class SamplerState(NamedTuple):
@@ -40,24 +45,37 @@ class SamplerInfo(NamedTuple):
     time: jax.Array
 
 
-def _check_common(name: str, sde: SDE, num_steps, t_min) -> None:
+def _check_common(name: str, sde: SDE, num_steps, t_min) -> int:
+    """Check the SDE, ``num_steps`` and ``t_min`` every sampler shares; return ``num_steps`` as an int."""
     if not isinstance(sde, SDE):
         raise TypeError(f"{name}: sde must be a pg.diffusion.SDE, got {type(sde).__name__}")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"{name}: num_steps must be a positive int, got {num_steps!r}")
+    num_steps = static_int(num_steps, "num_steps", name)
     if not (0.0 <= t_min < sde.t_max):
-        raise ValueError(f"{name}: t_min must lie in [0, t_max={sde.t_max}), got {t_min!r}")
+        raise SettingError(f"{name}: t_min must lie in [0, t_max={sde.t_max}), got {t_min!r}")
+    return num_steps
 
 
 def _setup(name: str, sde: SDE, score_fn, num_steps, t_min):
-    """Check the arguments every sampler shares; return the checked score and the time grid."""
-    _check_common(name, sde, num_steps, t_min)
-    return checked_score(score_fn, name), time_grid(sde, num_steps, t_min)
+    """Check the shared arguments; return the checked score, the time grid and ``num_steps``."""
+    num_steps = _check_common(name, sde, num_steps, t_min)
+    return checked_score(score_fn, name), time_grid(sde, num_steps, t_min), num_steps
+
+
+def _step_times(name: str, grid, num_steps: int, step: jax.Array, dtype):
+    """``(t, s)``: the grid times before and after step ``step``, refusing (under ``pg.validate``)
+    a step at or past ``num_steps``."""
+    check_horizon(step, num_steps, name)
+    return grid(step, dtype), grid(step + 1, dtype)
+
+
+def _as_float(x) -> jax.Array:
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
 def _init(name: str):
     def init(x: jax.Array) -> SamplerState:
-        x = jnp.asarray(x)
+        x = _as_float(x)
         if x.ndim < 2:
             raise ValueError(
                 f"{name}.init: x must have shape (num_particles, *event_shape) with ndim >= 2, got {x.shape}; "
@@ -70,18 +88,20 @@ def _init(name: str):
 def time_grid(sde: SDE, num_steps: int, t_min: float = 1e-3):
     """The time at step index ``i``: ``t_i = t_max + i (t_min - t_max) / num_steps``.
 
-    Returns a function of the (traced) integer index; ``i = num_steps`` gives ``t_min``.
+    Returns ``at(i, dtype=None)``, a function of the (traced) integer index giving the time
+    in ``dtype`` (default: JAX's default float); ``i = 0`` gives ``t_max`` and
+    ``i = num_steps`` gives ``t_min`` exactly (see :func:`probgen.kernels.grid_time`).
 
     Example:
         >>> import probgen as pg
         >>> grid = pg.diffusion.time_grid(pg.diffusion.vp(), 10, t_min=0.0)
-        >>> float(grid(5))
-        0.5
+        >>> float(grid(5)), float(grid(10))
+        (0.5, 0.0)
     """
-    span = (t_min - sde.t_max) / num_steps
+    num_steps = static_int(num_steps, "num_steps", "time_grid")
 
-    def at(i):
-        return sde.t_max + span * jnp.asarray(i).astype(jnp.result_type(float))
+    def at(i, dtype=None):
+        return grid_time(i, num_steps, sde.t_max, t_min, jnp.result_type(float) if dtype is None else dtype)
 
     return at
 
@@ -112,10 +132,10 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1
         >>> s.x.shape
         (5, 2)
     """
-    score_fn, grid = _setup("euler_maruyama", sde, score_fn, num_steps, t_min)
+    score_fn, grid, num_steps = _setup("euler_maruyama", sde, score_fn, num_steps, t_min)
 
     def step(key, state):
-        t, s = grid(state.step), grid(state.step + 1)
+        t, s = _step_times("euler_maruyama", grid, num_steps, state.step, state.x.dtype)
         dt = s - t
         x = state.x
         mean = x + sde.reverse_drift(score_fn, x, t) * dt
@@ -125,7 +145,7 @@ def euler_maruyama(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1
         x_new = mean + noise_scale * jax.random.normal(key, x.shape, x.dtype)
         return SamplerState(x_new, state.step + 1), SamplerInfo(s)
 
-    return Kernel(init=_init("euler_maruyama"), step=step)
+    return Kernel(init=_init("euler_maruyama"), step=step, horizon=num_steps)
 
 
 def predictor_corrector(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3,
@@ -153,12 +173,11 @@ def predictor_corrector(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: floa
         >>> s.x.shape
         (4, 1)
     """
-    if not (isinstance(num_corrector_steps, int) and num_corrector_steps >= 0):
-        raise ValueError(f"predictor_corrector: num_corrector_steps must be an int >= 0, got {num_corrector_steps!r}")
+    num_corrector_steps = static_int(num_corrector_steps, "num_corrector_steps", "predictor_corrector", minimum=0)
     if not snr > 0:
-        raise ValueError(f"predictor_corrector: snr must be positive, got {snr!r}")
+        raise SettingError(f"predictor_corrector: snr must be positive, got {snr!r}")
+    score_fn, grid, num_steps = _setup("predictor_corrector", sde, score_fn, num_steps, t_min)
     predictor = euler_maruyama(sde, score_fn, num_steps, t_min, denoise_final)
-    score_fn, grid = _setup("predictor_corrector", sde, score_fn, num_steps, t_min)
 
     def langevin(x, key, t):
         z = jax.random.normal(key, x.shape, x.dtype)
@@ -170,14 +189,14 @@ def predictor_corrector(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: floa
 
     def step(key, state):
         k_corr, k_pred = jax.random.split(key)
-        t = grid(state.step)
+        t, _ = _step_times("predictor_corrector", grid, num_steps, state.step, state.x.dtype)
         x = state.x
         if num_corrector_steps > 0:
             x, _ = jax.lax.scan(lambda c, k: langevin(c, k, t), x,
                                 jax.random.split(k_corr, num_corrector_steps))
         return predictor.step(k_pred, SamplerState(x, state.step))
 
-    return Kernel(init=_init("predictor_corrector"), step=step)
+    return Kernel(init=_init("predictor_corrector"), step=step, horizon=num_steps)
 
 
 def _x0_and_eps(sde: SDE, score_fn: ScoreFn, x, t):
@@ -210,12 +229,12 @@ def ddim(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3, eta: 
         >>> s.x.shape
         (3, 2)
     """
-    score_fn, grid = _setup("ddim", sde, score_fn, num_steps, t_min)
+    score_fn, grid, num_steps = _setup("ddim", sde, score_fn, num_steps, t_min)
     if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"ddim: eta must lie in [0, 1], got {eta!r}")
+        raise SettingError(f"ddim: eta must lie in [0, 1], got {eta!r}")
 
     def step(key, state):
-        t, s = grid(state.step), grid(state.step + 1)
+        t, s = _step_times("ddim", grid, num_steps, state.step, state.x.dtype)
         x0_hat, eps_hat = _x0_and_eps(sde, score_fn, state.x, t)
         a_t, sg_t, a_s, sg_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
         cond_var = jnp.maximum(sg_t**2 - (a_t / a_s) ** 2 * sg_s**2, 0.0)
@@ -225,7 +244,7 @@ def ddim(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3, eta: 
             x_new = x_new + c * jax.random.normal(key, state.x.shape, state.x.dtype)
         return SamplerState(x_new, state.step + 1), SamplerInfo(s)
 
-    return Kernel(init=_init("ddim"), step=step)
+    return Kernel(init=_init("ddim"), step=step, horizon=num_steps)
 
 
 def ddpm(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3) -> Kernel:
@@ -247,10 +266,10 @@ def ddpm(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3) -> Ke
         >>> s.x.shape
         (3, 2)
     """
-    score_fn, grid = _setup("ddpm", sde, score_fn, num_steps, t_min)
+    score_fn, grid, num_steps = _setup("ddpm", sde, score_fn, num_steps, t_min)
 
     def step(key, state):
-        t, s = grid(state.step), grid(state.step + 1)
+        t, s = _step_times("ddpm", grid, num_steps, state.step, state.x.dtype)
         x0_hat, _ = _x0_and_eps(sde, score_fn, state.x, t)
         a_t, sg_t, a_s, sg_s = sde.alpha(t), sde.sigma(t), sde.alpha(s), sde.sigma(s)
         ratio = a_t / a_s
@@ -261,7 +280,7 @@ def ddpm(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3) -> Ke
         x_new = mean + std * jax.random.normal(key, state.x.shape, state.x.dtype)
         return SamplerState(x_new, state.step + 1), SamplerInfo(s)
 
-    return Kernel(init=_init("ddpm"), step=step)
+    return Kernel(init=_init("ddpm"), step=step, horizon=num_steps)
 
 
 def probability_flow(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3,
@@ -283,13 +302,13 @@ def probability_flow(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float =
         >>> s.x.shape
         (3, 2)
     """
-    score_fn, grid = _setup("probability_flow", sde, score_fn, num_steps, t_min)
+    score_fn, grid, num_steps = _setup("probability_flow", sde, score_fn, num_steps, t_min)
     if method not in ("euler", "heun"):
-        raise ValueError(f"probability_flow: method must be 'euler' or 'heun', got {method!r}")
+        raise SettingError(f"probability_flow: method must be 'euler' or 'heun', got {method!r}")
 
     def step(key, state):
         del key
-        t, s = grid(state.step), grid(state.step + 1)
+        t, s = _step_times("probability_flow", grid, num_steps, state.step, state.x.dtype)
         dt = s - t
         v1 = sde.ode_drift(score_fn, state.x, t)
         x_new = state.x + dt * v1
@@ -298,7 +317,7 @@ def probability_flow(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float =
             x_new = state.x + 0.5 * dt * (v1 + v2)
         return SamplerState(x_new, state.step + 1), SamplerInfo(s)
 
-    return Kernel(init=_init("probability_flow"), step=step)
+    return Kernel(init=_init("probability_flow"), step=step, horizon=num_steps)
 
 
 SAMPLERS = {
@@ -336,7 +355,7 @@ def sample(key: jax.Array, sde: SDE, score_fn: ScoreFn, shape, sampler: str = "e
         True
     """
     if sampler not in SAMPLERS:
-        raise ValueError(f"sample: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        raise SettingError(f"sample: unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     kernel = SAMPLERS[sampler](sde, score_fn, num_steps, t_min, **options)
     k_prior, k_run = jax.random.split(key)
     state = kernel.init(sde.prior_sample(k_prior, shape))

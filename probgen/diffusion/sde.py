@@ -20,6 +20,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.errors import SettingError
+
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -91,14 +93,18 @@ class SDE(NamedTuple):
 
 
 def checked_score(score_fn: ScoreFn, where: str) -> ScoreFn:
-    """Wrap ``score_fn`` so a wrong output shape raises (at trace time) naming ``where``."""
+    """Wrap ``score_fn`` so a wrong output shape raises (at trace time) naming ``where``.
+
+    The output is cast to the dtype of ``x``: the particles keep the caller's dtype even if
+    the score computes in another (a float64 model on float32 particles).
+    """
 
     def wrapped(x, t):
         out = score_fn(x, t)
         if jnp.shape(out) != x.shape:
             raise ValueError(f"{where}: score_fn(x, t) must return an array of x's shape {x.shape}, "
                              f"got {jnp.shape(out)}")
-        return out
+        return jnp.asarray(out).astype(x.dtype)
 
     return wrapped
 
@@ -106,7 +112,7 @@ def checked_score(score_fn: ScoreFn, where: str) -> ScoreFn:
 def _check_positive(name: str, **values) -> None:
     for key, value in values.items():
         if not (isinstance(value, (int, float)) and value > 0):
-            raise ValueError(f"{name}: {key} must be a positive number, got {value!r}")
+            raise SettingError(f"{name}: {key} must be a positive number, got {value!r}")
 
 
 def _linear_beta(beta_min, beta_max):
@@ -169,7 +175,7 @@ def vp_cosine(offset: float = 0.008, t_max: float = 0.99) -> SDE:
     """
     _check_positive("vp_cosine", offset=offset, t_max=t_max)
     if t_max >= 1.0:
-        raise ValueError(f"vp_cosine: t_max must be < 1 (beta(t) diverges at 1), got {t_max}")
+        raise SettingError(f"vp_cosine: t_max must be < 1 (beta(t) diverges at 1), got {t_max}")
     scale = 0.5 * math.pi / (1.0 + offset)
     log_cos0 = math.log(math.cos(offset * scale))
 
@@ -232,7 +238,7 @@ def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, t_max: float = 1.0) -> 
     """
     _check_positive("ve", sigma_min=sigma_min, sigma_max=sigma_max, t_max=t_max)
     if sigma_max <= sigma_min:
-        raise ValueError(f"ve: sigma_max ({sigma_max}) must exceed sigma_min ({sigma_min})")
+        raise SettingError(f"ve: sigma_max ({sigma_max}) must exceed sigma_min ({sigma_min})")
     log_ratio = math.log(sigma_max / sigma_min)
 
     def sigma(t):

@@ -3,7 +3,9 @@
 
 ``decode_fn(noise) -> samples`` maps a batch of initial noises to samples (typically a
 deterministic sampler such as DDIM or the probability-flow ODE run from ``x_T = noise``);
-``verifier(samples) -> (batch,)`` scores them, higher is better.
+``verifier(samples) -> (batch,)`` scores them, higher is better. A NaN score (a verifier
+that failed on a sample) ranks below every other score, ``-inf`` included: it is never
+chosen while any candidate has a non-NaN score.
 """
 
 from __future__ import annotations
@@ -13,7 +15,21 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
+from probgen.core.validation import check
 from probgen.kernels import Kernel, run
+
+
+def _best_index(scores: jax.Array) -> jax.Array:
+    """Index of the highest score with NaN ranked below everything (``-inf`` included).
+
+    Ties go to the first index; when every score is NaN the index is 0.
+    """
+    is_nan = jnp.isnan(scores)
+    best = jnp.argmax(jnp.where(is_nan, -jnp.inf, scores))
+    # All real scores are -inf: argmax may have landed on a NaN placeholder; take the first real one.
+    return jnp.where(is_nan[best], jnp.argmax(~is_nan), best)
 
 
 class SearchResult(NamedTuple):
@@ -38,7 +54,9 @@ def best_of_n(key: jax.Array, decode_fn: Callable, verifier: Callable, noise_sha
       noise_std: prior std of the noise.
 
     Returns:
-      :class:`SearchResult` with ``scores`` of shape ``(N,)``.
+      :class:`SearchResult` with ``scores`` of shape ``(N,)`` (as the verifier returned them).
+      NaN scores rank last; if every score is NaN the first candidate is returned with
+      score NaN (under ``pg.validate`` that raises a ``pg.ValidationError`` instead).
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -46,14 +64,15 @@ def best_of_n(key: jax.Array, decode_fn: Callable, verifier: Callable, noise_sha
         >>> bool(r.score == r.scores.max())
         True
     """
-    if not isinstance(num_candidates, int) or num_candidates < 1:
-        raise ValueError(f"best_of_n: num_candidates must be a positive int, got {num_candidates!r}")
+    num_candidates = static_int(num_candidates, "num_candidates", "best_of_n")
     noise = noise_std * jax.random.normal(key, (num_candidates,) + tuple(noise_shape))
     samples = decode_fn(noise)
     scores = verifier(samples)
     if scores.shape != (num_candidates,):
         raise ValueError(f"best_of_n: verifier must return shape ({num_candidates},), got {scores.shape}")
-    best = jnp.argmax(scores)
+    check(~jnp.all(jnp.isnan(scores)),
+          "best_of_n: verifier returned NaN for all {n} candidates", n=jnp.asarray(num_candidates))
+    best = _best_index(scores)
     return SearchResult(samples[best], noise[best], scores[best], scores)
 
 
@@ -71,6 +90,8 @@ def zero_order_search(decode_fn: Callable, verifier: Callable, num_neighbors: in
     Each step draws ``num_neighbors`` noises ``pivot + radius * z`` rescaled to the pivot's
     norm (so they stay typical for the Gaussian prior), decodes and verifies them, and moves the
     pivot to the best neighbor if it beats the pivot. The verifier score never decreases.
+    NaN scores rank last: a NaN neighbor never replaces the pivot nor hides a better one,
+    and a pivot whose score is NaN is replaced by any neighbor with a real score.
 
     Args:
       decode_fn: ``decode_fn(noise_batch) -> sample_batch``.
@@ -89,10 +110,9 @@ def zero_order_search(decode_fn: Callable, verifier: Callable, num_neighbors: in
         >>> float(s.score) > -2.0
         True
     """
-    if not isinstance(num_neighbors, int) or num_neighbors < 1:
-        raise ValueError(f"zero_order_search: num_neighbors must be a positive int, got {num_neighbors!r}")
+    num_neighbors = static_int(num_neighbors, "num_neighbors", "zero_order_search")
     if not radius > 0:
-        raise ValueError(f"zero_order_search: radius must be positive, got {radius!r}")
+        raise SettingError(f"zero_order_search: radius must be positive, got {radius!r}")
 
     def evaluate(noise_batch):
         samples = decode_fn(noise_batch)
@@ -111,8 +131,8 @@ def zero_order_search(decode_fn: Callable, verifier: Callable, num_neighbors: in
         cand_norm = jnp.sqrt(jnp.sum(cand**2, axis=axes, keepdims=True))
         cand = jnp.where(pivot_norm > 0, cand * pivot_norm / jnp.maximum(cand_norm, 1e-12), cand)
         samples, scores = evaluate(cand)
-        best = jnp.argmax(scores)
-        better = scores[best] > state.score
+        best = _best_index(scores)
+        better = ~jnp.isnan(scores[best]) & (jnp.isnan(state.score) | (scores[best] > state.score))
         new = SearchState(
             jnp.where(better, cand[best], state.noise),
             jnp.where(better, samples[best], state.sample),

@@ -12,7 +12,10 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.flows.ode import solve_ode
 
 
@@ -62,14 +65,11 @@ def assignment(cost: jax.Array, num_phases: int = 8, max_rounds: int | None = No
     cost = jnp.asarray(cost)
     if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
         raise ValueError(f"assignment: cost must be square (n, n), got shape {cost.shape}")
-    if not isinstance(num_phases, int) or num_phases < 1:
-        raise ValueError(f"assignment: num_phases must be a positive int, got {num_phases!r}")
+    num_phases = static_int(num_phases, "num_phases", "assignment")
     n = cost.shape[0]
+    max_rounds = 50 * n if max_rounds is None else static_int(max_rounds, "max_rounds", "assignment")
     if n == 1:
         return jnp.zeros((1,), jnp.int32)
-    max_rounds = 50 * n if max_rounds is None else int(max_rounds)
-    if max_rounds < 1:
-        raise ValueError(f"assignment: max_rounds must be positive, got {max_rounds}")
     span = jnp.maximum(jnp.max(cost) - jnp.min(cost), 1e-30)
     benefit = -(cost - jnp.min(cost)) / span  # in [-1, 0]
     eps_final = max(tol / n, 1e-6)  # float32 prices are O(1): keep eps a few ulps or more
@@ -89,7 +89,7 @@ def assignment(cost: jax.Array, num_phases: int = 8, max_rounds: int | None = No
         return _Auction(prices, person_obj, s.obj_person.at[j].set(i), s.free - (old < 0), s.bids + 1)
 
     def phase(s, k):
-        eps = eps_first * ratio**k
+        eps = (eps_first * ratio**k).astype(benefit.dtype)
         values = benefit - s.prices[None, :]
         held = jnp.take_along_axis(values, jnp.maximum(s.person_obj, 0)[:, None], 1)[:, 0]
         keep = (s.person_obj >= 0) & (held >= jnp.max(values, 1) - eps)
@@ -99,7 +99,7 @@ def assignment(cost: jax.Array, num_phases: int = 8, max_rounds: int | None = No
         s = jax.lax.while_loop(lambda s: (s.free > 0) & (s.bids < max_rounds), lambda s: bid(s, eps), s)
         return s, None
 
-    init = _Auction(jnp.zeros((n,)), none, none, jnp.asarray(n), jnp.zeros((), jnp.int32))
+    init = _Auction(jnp.zeros((n,), benefit.dtype), none, none, jnp.asarray(n), jnp.zeros((), jnp.int32))
     s, _ = jax.lax.scan(phase, init, jnp.arange(num_phases))
     # Fallback if the last phase hit its cap: the k-th unassigned row takes the k-th free column.
     unassigned = s.person_obj < 0
@@ -117,9 +117,11 @@ def sinkhorn_plan(cost: jax.Array, reg: float = 0.05, num_iters: int = 200) -> j
         [0.5, 0.0]
     """
     cost = jnp.asarray(cost)
+    cost = cost if jnp.issubdtype(cost.dtype, jnp.floating) else cost.astype(jnp.result_type(float))
+    num_iters = static_int(num_iters, "num_iters", "sinkhorn_plan")
     n, m = cost.shape
     log_k = -cost / (reg * jnp.maximum(jnp.mean(cost), 1e-12))
-    log_a, log_b = -jnp.log(n) * jnp.ones(n), -jnp.log(m) * jnp.ones(m)
+    log_a, log_b = jnp.full(n, -np.log(n), cost.dtype), jnp.full(m, -np.log(m), cost.dtype)
 
     def body(carry, _):
         f, g = carry
@@ -127,7 +129,7 @@ def sinkhorn_plan(cost: jax.Array, reg: float = 0.05, num_iters: int = 200) -> j
         g = log_b - jax.nn.logsumexp(log_k + f[:, None], 0)
         return (f, g), None
 
-    (f, g), _ = jax.lax.scan(body, (jnp.zeros(n), jnp.zeros(m)), None, length=num_iters)
+    (f, g), _ = jax.lax.scan(body, (jnp.zeros(n, cost.dtype), jnp.zeros(m, cost.dtype)), None, length=num_iters)
     return jnp.exp(f[:, None] + log_k + g[None, :])
 
 
@@ -159,11 +161,11 @@ def ot_coupling(x0: jax.Array, x1: jax.Array, method: str = "exact", key: jax.Ar
         return x0, x1[assignment(cost)]
     if method == "sinkhorn":
         if key is None:
-            raise ValueError("ot_coupling: method='sinkhorn' needs a key to draw partners")
+            raise SettingError("ot_coupling: method='sinkhorn' needs a key to draw partners")
         plan = sinkhorn_plan(cost, reg)
         partners = jax.random.categorical(key, jnp.log(plan + 1e-30), axis=1)
         return x0, x1[partners]
-    raise ValueError(f"ot_coupling: method must be 'exact' or 'sinkhorn', got {method!r}")
+    raise SettingError(f"ot_coupling: method must be 'exact' or 'sinkhorn', got {method!r}")
 
 
 def reflow_pairs(velocity: Callable, x0: jax.Array, num_steps: int = 50, method: str = "rk4"):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgen.core.checks import static_int
 from probgen.distributions.protocol import Distribution
 from probgen.flows import bijectors
 from probgen.flows.nets import init_made, init_mlp
@@ -123,8 +124,7 @@ def _dim_from(params, name):
 
 
 def _check_dim(dim, name, minimum):
-    if not isinstance(dim, int) or dim < minimum:
-        raise ValueError(f"{name}: dim must be an int >= {minimum}, got {dim!r}")
+    static_int(dim, "dim", name, minimum=minimum)
 
 
 def _final_affine(dim):
@@ -161,6 +161,7 @@ def init_realnvp(key: jax.Array, dim: int, num_layers: int = 4, hidden: Sequence
         3
     """
     _check_dim(dim, "init_realnvp", 2)
+    num_layers = static_int(num_layers, "num_layers", "init_realnvp")
     keys = jax.random.split(key, num_layers)
     layers = []
     for i, k in enumerate(keys):
@@ -198,6 +199,8 @@ def init_spline_flow(
         (32, 13)
     """
     _check_dim(dim, "init_spline_flow", 2)
+    num_layers = static_int(num_layers, "num_layers", "init_spline_flow")
+    num_bins = static_int(num_bins, "num_bins", "init_spline_flow")
     keys = jax.random.split(key, num_layers)
     layers = []
     for i, k in enumerate(keys):
@@ -233,6 +236,7 @@ def init_maf(key: jax.Array, dim: int, num_layers: int = 4, hidden: Sequence[int
         3
     """
     _check_dim(dim, "init_maf", 1)
+    num_layers = static_int(num_layers, "num_layers", "init_maf")
     keys = jax.random.split(key, num_layers)
     layers = []
     for k in keys:

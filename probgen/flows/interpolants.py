@@ -16,6 +16,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.errors import SettingError
+
 
 class Interpolant(NamedTuple):
     """Coefficients ``alpha(t), beta(t), gamma(t)`` (scalar functions of scalar ``t``).
@@ -61,9 +63,9 @@ def noisy_interpolant(noise_scale: float = 1.0, base: str = "linear") -> Interpo
         1.0
     """
     if base not in ("linear", "trig"):
-        raise ValueError(f"noisy_interpolant: base must be 'linear' or 'trig', got {base!r}")
+        raise SettingError(f"noisy_interpolant: base must be 'linear' or 'trig', got {base!r}")
     if noise_scale <= 0:
-        raise ValueError(f"noisy_interpolant: noise_scale must be positive, got {noise_scale}")
+        raise SettingError(f"noisy_interpolant: noise_scale must be positive, got {noise_scale}")
     b = linear_interpolant() if base == "linear" else trig_interpolant()
     return Interpolant(b.alpha, b.beta, lambda t: jnp.sqrt(noise_scale * t * (1.0 - t)))
 
@@ -78,7 +80,10 @@ def interpolate(interp: Interpolant, t, x0, x1, z):
         ([0.5, 0.5], [1.0, 1.0])
     """
     coeffs = jnp.stack([interp.alpha(t), interp.beta(t), interp.gamma(t)])
-    rates = jax.jacfwd(lambda s: jnp.stack([interp.alpha(s), interp.beta(s), interp.gamma(s)]))(jnp.asarray(t, jnp.float32))
+    # Differentiate in the data's floating dtype (float64 under x64), never a fixed float32.
+    time_dtype = jnp.result_type(x0, float)
+    rates = jax.jacfwd(lambda s: jnp.stack([interp.alpha(s), interp.beta(s), interp.gamma(s)]))(
+        jnp.asarray(t, time_dtype))
     xt = coeffs[0] * x0 + coeffs[1] * x1 + coeffs[2] * z
     dxt = rates[0] * x0 + rates[1] * x1 + rates[2] * z
     return xt, dxt
@@ -91,8 +96,9 @@ def _check_pairs(x0, x1, name):
 
 def _draw_times_noise(key, x0, t_eps):
     kt, kz = jax.random.split(key)
-    t = jax.random.uniform(kt, (x0.shape[0],), minval=t_eps, maxval=1.0 - t_eps)
-    return t, jax.random.normal(kz, x0.shape)
+    dtype = jnp.result_type(x0, float)
+    t = jax.random.uniform(kt, (x0.shape[0],), dtype, minval=t_eps, maxval=1.0 - t_eps)
+    return t, jax.random.normal(kz, x0.shape, dtype)
 
 
 def velocity_loss(velocity: Callable, key: jax.Array, x0: jax.Array, x1: jax.Array,

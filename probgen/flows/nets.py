@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgen.core.errors import SettingError
+
 
 def init_mlp(key: jax.Array, sizes: Sequence[int], final_scale: float = 0.0) -> list[dict]:
     """Initialize an MLP ``sizes[0] -> ... -> sizes[-1]``.
@@ -32,7 +34,7 @@ def init_mlp(key: jax.Array, sizes: Sequence[int], final_scale: float = 0.0) -> 
         (3,)
     """
     if len(sizes) < 2:
-        raise ValueError(f"init_mlp: sizes needs at least input and output widths, got {sizes}")
+        raise SettingError(f"init_mlp: sizes needs at least input and output widths, got {sizes}")
     keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for i, (k, n_in, n_out) in enumerate(zip(keys, sizes[:-1], sizes[1:])):

@@ -2,6 +2,11 @@
 
 ``velocity(t, x)`` and ``score(t, x)`` act on one point ``x``; batch a sampler by
 ``jax.vmap`` over the whole :func:`pg.run`. Time may run backwards (``t1 < t0``).
+
+Every kernel here has a fixed horizon (``Kernel.horizon = num_steps``): ``pg.run`` refuses
+more steps, and under ``pg.validate`` a step from a state already at ``t1`` fails. The
+time ``t`` of the state is computed from its integer ``step`` on the grid, in the dtype of
+``x`` (float64 runs end exactly at ``t1``), never accumulated by repeated addition.
 """
 
 from __future__ import annotations
@@ -11,19 +16,25 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probgen.kernels import Kernel, run
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
+from probgen.kernels import Kernel, check_horizon, grid_time, run
 
 METHODS = ("euler", "heun", "rk4")
 
 
 class ODEState(NamedTuple):
-    """Integrator state: the point ``x`` (any pytree) and the time ``t``."""
+    """Integrator state: the point ``x`` (any pytree), the time ``t`` and the integer step index."""
 
     x: jax.Array
     t: jax.Array
+    step: jax.Array
 
 
-def _rk_step(f, t, y, dt, method):
+def _rk_step(velocity, t, y, dt, method):
+    def f(s, z):  # the state keeps its dtype whatever the velocity computes in
+        return jax.tree.map(lambda v, u: jnp.asarray(v).astype(jnp.asarray(u).dtype), velocity(s, z), z)
+
     add = lambda a, b, c: jax.tree.map(lambda u, v: u + c * v, a, b)  # noqa: E731
     k1 = f(t, y)
     if method == "euler":
@@ -37,11 +48,26 @@ def _rk_step(f, t, y, dt, method):
     return jax.tree.map(lambda u, a, b, c, d: u + dt / 6 * (a + 2 * b + 2 * c + d), y, k1, k2, k3, k4)
 
 
-def _check(method, num_steps, name):
+def _check(method, num_steps, name) -> int:
     if method not in METHODS:
-        raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"{name}: num_steps must be a positive int, got {num_steps!r}")
+        raise SettingError(f"{name}: method must be one of {METHODS}, got {method!r}")
+    return static_int(num_steps, "num_steps", name)
+
+
+def _time_dtype(x):
+    """The floating dtype of the point ``x`` (a pytree): time is kept in it."""
+    dtype = jnp.result_type(*jax.tree.leaves(x))
+    return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.result_type(float)
+
+
+def _grid(name, num_steps, t0, t1):
+    """``times(step, dtype) -> (t, t_next)`` on the uniform grid, checking the horizon."""
+
+    def times(step, dtype):
+        check_horizon(step, num_steps, name)
+        return tuple(grid_time(i, num_steps, t0, t1, dtype) for i in (step, step + 1))
+
+    return times
 
 
 def ode_kernel(velocity: Callable, t0: float = 0.0, t1: float = 1.0, num_steps: int = 100,
@@ -55,7 +81,7 @@ def ode_kernel(velocity: Callable, t0: float = 0.0, t1: float = 1.0, num_steps: 
       method: ``"euler"``, ``"heun"`` (2nd order) or ``"rk4"``.
 
     Returns:
-      ``Kernel(init=lambda x: ODEState(x, t0), step)``; step info is ``{}``.
+      ``Kernel(init=lambda x: ODEState(x, t0, 0), step, horizon=num_steps)``; step info is ``{}``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -64,17 +90,19 @@ def ode_kernel(velocity: Callable, t0: float = 0.0, t1: float = 1.0, num_steps: 
         >>> round(float(final.x[0]), 4)  # exp(-1)
         0.3679
     """
-    _check(method, num_steps, "ode_kernel")
-    dt = (t1 - t0) / num_steps
+    num_steps = _check(method, num_steps, "ode_kernel")
+    times = _grid("ode_kernel", num_steps, t0, t1)
 
     def init(x):
-        return ODEState(x, jnp.asarray(t0, jnp.float32))
+        return ODEState(x, jnp.asarray(t0, _time_dtype(x)), jnp.zeros((), jnp.int32))
 
     def step(key, state):
         del key
-        return ODEState(_rk_step(velocity, state.t, state.x, dt, method), state.t + dt), {}
+        t, t_next = times(state.step, state.t.dtype)
+        x = _rk_step(velocity, t, state.x, t_next - t, method)
+        return ODEState(x, t_next, state.step + 1), {}
 
-    return Kernel(init, step)
+    return Kernel(init, step, horizon=num_steps)
 
 
 def solve_ode(velocity: Callable, x0, t0: float = 0.0, t1: float = 1.0, num_steps: int = 100,
@@ -104,7 +132,7 @@ def sde_kernel(velocity: Callable, score: Callable, noise: Callable | float = 1.
       t0, t1, num_steps: the time grid.
 
     Returns:
-      ``Kernel(init=lambda x: ODEState(x, t0), step)``.
+      ``Kernel(init=lambda x: ODEState(x, t0, 0), step, horizon=num_steps)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -112,31 +140,35 @@ def sde_kernel(velocity: Callable, score: Callable, noise: Callable | float = 1.
         >>> pg.run(k, jax.random.key(0), k.init(jnp.zeros(2)), 10)[0].x.shape
         (2,)
     """
-    _check("euler", num_steps, "sde_kernel")
-    dt = (t1 - t0) / num_steps
+    num_steps = _check("euler", num_steps, "sde_kernel")
+    times = _grid("sde_kernel", num_steps, t0, t1)
     eps_fn = noise if callable(noise) else (lambda t: noise)
-    sign = 1.0 if dt > 0 else -1.0
+    sign = 1.0 if t1 > t0 else -1.0
 
     def init(x):
-        return ODEState(x, jnp.asarray(t0, jnp.float32))
+        x = jnp.asarray(x)
+        return ODEState(x, jnp.asarray(t0, _time_dtype(x)), jnp.zeros((), jnp.int32))
 
     def step(key, state):
-        eps = eps_fn(state.t)
-        drift = velocity(state.t, state.x) + sign * eps * score(state.t, state.x)
-        xi = jax.random.normal(key, jnp.shape(state.x))
-        x = state.x + drift * dt + jnp.sqrt(2.0 * eps * abs(dt)) * xi
-        return ODEState(x, state.t + dt), {}
+        t, t_next = times(state.step, state.t.dtype)
+        dt = t_next - t
+        eps = eps_fn(t)
+        drift = velocity(t, state.x) + sign * eps * score(t, state.x)
+        xi = jax.random.normal(key, jnp.shape(state.x), state.t.dtype)
+        x = (state.x + drift * dt + jnp.sqrt(2.0 * eps * jnp.abs(dt)) * xi).astype(state.x.dtype)
+        return ODEState(x, t_next, state.step + 1), {}
 
-    return Kernel(init, step)
+    return Kernel(init, step, horizon=num_steps)
 
 
 class CNFState(NamedTuple):
-    """State of :func:`cnf_kernel`: point, accumulated ``-int div v dt``, time, probe."""
+    """State of :func:`cnf_kernel`: point, accumulated ``-int div v dt``, time, probe, step index."""
 
     x: jax.Array
     delta_log_prob: jax.Array
     t: jax.Array
     probe: jax.Array
+    step: jax.Array
 
 
 def _divergence(velocity, t, x, probe, exact):
@@ -165,7 +197,7 @@ def cnf_kernel(velocity: Callable, t0: float = 1.0, t1: float = 0.0, num_steps: 
         (one Rademacher probe held fixed along the path; unbiased).
 
     Returns:
-      ``Kernel(init=lambda x, key=None: CNFState(...), step)``.
+      ``Kernel(init=lambda x, key=None: CNFState(...), step, horizon=num_steps)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -174,36 +206,38 @@ def cnf_kernel(velocity: Callable, t0: float = 1.0, t1: float = 0.0, num_steps: 
         >>> round(float(s.delta_log_prob), 4)
         2.0
     """
-    _check(method, num_steps, "cnf_kernel")
+    num_steps = _check(method, num_steps, "cnf_kernel")
     if divergence not in ("exact", "hutchinson"):
-        raise ValueError(f"cnf_kernel: divergence must be 'exact' or 'hutchinson', got {divergence!r}")
-    dt = (t1 - t0) / num_steps
+        raise SettingError(f"cnf_kernel: divergence must be 'exact' or 'hutchinson', got {divergence!r}")
+    times = _grid("cnf_kernel", num_steps, t0, t1)
     exact = divergence == "exact"
 
     def init(x, key=None):
         x = jnp.asarray(x)
+        x = x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(_time_dtype(x))
         if x.ndim != 1:
             raise ValueError(f"cnf_kernel: x must be one vector of shape (dim,), got {x.shape}; vmap for batches")
         if exact:
             probe = jnp.zeros_like(x)
         else:
             if key is None:
-                raise ValueError("cnf_kernel: divergence='hutchinson' needs init(x, key) to draw the probe")
+                raise SettingError("cnf_kernel: divergence='hutchinson' needs init(x, key) to draw the probe")
             probe = jax.random.rademacher(key, x.shape, dtype=x.dtype)
-        return CNFState(x, jnp.zeros((), x.dtype), jnp.asarray(t0, jnp.float32), probe)
+        return CNFState(x, jnp.zeros((), x.dtype), jnp.asarray(t0, x.dtype), probe, jnp.zeros((), jnp.int32))
 
     def step(key, state):
         del key
+        t, t_next = times(state.step, state.t.dtype)
 
         def f(t, y):
             v, div = _divergence(velocity, t, y[0], state.probe, exact)
             return (v, div)
 
         # d(delta)/dt = div v: integrating toward the base gives delta = -int_{t1}^{t0} ... as documented.
-        x, acc = _rk_step(f, state.t, (state.x, state.delta_log_prob), dt, method)
-        return CNFState(x, acc, state.t + dt, state.probe), {}
+        x, acc = _rk_step(f, t, (state.x, state.delta_log_prob), t_next - t, method)
+        return CNFState(x, acc, t_next, state.probe, state.step + 1), {}
 
-    return Kernel(init, step)
+    return Kernel(init, step, horizon=num_steps)
 
 
 def cnf_log_prob(velocity: Callable, x: jax.Array, base_log_prob: Callable, num_steps: int = 100,

@@ -20,15 +20,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from probgen.core.checks import static_int
 from probgen.flows.nets import init_mlp, mlp
-from probgen.kernels import Kernel, run
+from probgen.kernels import Kernel, check_horizon, grid_time, run
 from probgen.mc.resampling import log_mean_exp
 
 _NUM_FREQ = 4
 
 
 def _time_features(t):
-    freqs = jnp.arange(1, _NUM_FREQ + 1) * jnp.pi
+    t = jnp.asarray(t)
+    t = t if jnp.issubdtype(t.dtype, jnp.floating) else t.astype(jnp.result_type(float))
+    freqs = jnp.arange(1, _NUM_FREQ + 1).astype(t.dtype) * jnp.pi
     return jnp.concatenate([jnp.sin(freqs * t), jnp.cos(freqs * t)])
 
 
@@ -74,8 +77,10 @@ def diffusion_sampler_kernel(params: dict, log_target: Callable, dim: int, num_s
         while the log-weight still depends on ``params`` through ``u``.
 
     Returns:
-      ``Kernel(init=lambda: SamplerState(0, 0, 0), step)``. After ``num_steps`` steps add
-      :func:`terminal_log_weight`.
+      ``Kernel(init=lambda: SamplerState(0, 0, 0), step, horizon=num_steps)``. After
+      ``num_steps`` steps add :func:`terminal_log_weight`. The path and weight are kept in
+      the floating dtype of ``params``; the time ``t_k = k / num_steps`` is computed from
+      the step index.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -84,19 +89,23 @@ def diffusion_sampler_kernel(params: dict, log_target: Callable, dim: int, num_s
         >>> pg.run(k, jax.random.key(1), k.init(), 5)[0].x.shape
         (2,)
     """
+    dim = static_int(dim, "dim", "diffusion_sampler_kernel")
+    num_steps = static_int(num_steps, "num_steps", "diffusion_sampler_kernel")
     h = 1.0 / num_steps
+    dtype = jnp.result_type(*jax.tree.leaves(params), float)
 
     def init():
-        return SamplerState(jnp.zeros(dim), jnp.zeros(()), jnp.zeros((), jnp.int32))
+        return SamplerState(jnp.zeros(dim, dtype), jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
 
     def step(key, state):
-        u = control(params, state.step * h, state.x, log_target)
+        check_horizon(state.step, num_steps, "diffusion_sampler_kernel")
+        u = control(params, grid_time(state.step, num_steps, 0.0, 1.0, dtype), state.x, log_target)
         u_move = jax.lax.stop_gradient(u) if detach else u
-        dx = sigma * h * u_move + sigma * np.sqrt(h) * jax.random.normal(key, (dim,))
+        dx = sigma * h * u_move + sigma * np.sqrt(h) * jax.random.normal(key, (dim,), dtype)
         log_ratio = -jnp.vdot(u, dx) / sigma + 0.5 * h * jnp.vdot(u, u)
         return SamplerState(state.x + dx, state.log_weight + log_ratio, state.step + 1), {}
 
-    return Kernel(init, step)
+    return Kernel(init, step, horizon=num_steps)
 
 
 def terminal_log_weight(x, log_target: Callable, sigma: float):
@@ -120,6 +129,7 @@ def sample_paths(params: dict, key: jax.Array, log_target: Callable, dim: int, n
         >>> x.shape, lw.shape
         ((8, 2), (8,))
     """
+    num_particles = static_int(num_particles, "num_particles", "sample_paths")
     kernel = diffusion_sampler_kernel(params, log_target, dim, num_steps, sigma, detach)
 
     def one(k):

@@ -122,7 +122,10 @@ def test_dsm_training_of_a_small_nnx_mlp_reaches_the_target(check, mmd):
         return nnx.merge(graphdef, params)(x, t)
 
     loss = D.denoising_score_matching(SDE, model_fn, "eps")
-    opt = optax.adam(3e-3)
+    # A decaying rate: with a constant 3e-3 the final parameters keep Adam's jitter, and the
+    # sampled covariance moved by up to 0.45 between seeds (or between float32 and float64
+    # random streams); decayed, it stays within the check's tolerance for every seed tried.
+    opt = optax.adam(optax.cosine_decay_schedule(3e-3, 2500))
 
     def step(carry, key):
         params, opt_state = carry

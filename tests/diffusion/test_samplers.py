@@ -118,3 +118,105 @@ def test_score_with_wrong_shape_is_reported_at_trace_time():
     kernel = D.euler_maruyama(sde, lambda x, t: x[:, :1], 10)
     with pytest.raises(ValueError, match="euler_maruyama: score_fn"):
         jax.eval_shape(lambda s: pg.run(kernel, jax.random.key(0), s, 10), kernel.init(jnp.zeros((4, 2))))
+
+
+# ---- fixed horizon (no silent extrapolation past t_min) and float64 -------------------------
+
+def _fkc(sde, score, num_steps):
+    return D.feynman_kac(sde, [score], [1.0], num_steps)
+
+
+def _likelihood(sde, score, num_steps):
+    return D.likelihood_kernel(sde, score, num_steps)
+
+
+FIXED_HORIZON = {
+    "euler_maruyama": D.euler_maruyama,
+    "predictor_corrector": D.predictor_corrector,
+    "ddpm": D.ddpm,
+    "ddim": D.ddim,
+    "probability_flow": D.probability_flow,
+    "feynman_kac": _fkc,
+    "likelihood": _likelihood,
+}
+
+
+@pytest.mark.parametrize("name", list(FIXED_HORIZON))
+def test_running_a_sampler_past_its_num_steps_is_refused(name):
+    """Regression: a 50-step sampler run 60 steps walked to t = -0.2 (NaN for VP) silently."""
+    sde = SDES["vp"]
+    kernel = FIXED_HORIZON[name](sde, D.gmm_score(TARGET, sde), 50)
+    assert kernel.horizon == 50
+    state = kernel.init(TARGET.sample(jax.random.key(0), 8))
+    # (a) at trace time: pg.run knows num_steps statically
+    with pytest.raises(pg.SettingError, match="num_steps=60 exceeds the kernel's horizon of 50"):
+        pg.run(kernel, jax.random.key(1), state, 60)
+    # (b) at run time under pg.validate: resuming a finished run for one more step
+    checked = pg.validate(lambda s, k: pg.run(kernel, k, s, 50))
+    final, _ = checked(state, jax.random.key(1))  # exactly the horizon: fine
+    assert np.all(np.isfinite(np.asarray(final.x)))
+    with pytest.raises(pg.ValidationError, match=f"{name}: step index 50 is past the kernel's horizon of 50"):
+        pg.validate(lambda s, k: pg.run(kernel, k, s, 1))(final, jax.random.key(2))
+
+
+def test_extrapolation_is_what_the_horizon_prevents():
+    """What the unchecked program does one step past t_min: the time leaves [t_min, t_max]."""
+    sde = SDES["vp"]
+    kernel = D.euler_maruyama(sde, D.gmm_score(TARGET, sde), 50, t_min=0.0)
+    final, _ = pg.run(kernel, jax.random.key(1), kernel.init(jnp.zeros((4, 2))), 50)
+    _, info = pg.run(kernel, jax.random.key(2), final, 10)  # unchecked resume: no validate
+    assert float(info.time) < 0.0  # t = -0.2, outside the SDE's domain
+
+
+@pytest.mark.parametrize("name", list(FIXED_HORIZON))
+def test_float64_runs_keep_float64_and_end_exactly_at_t_min(name):
+    with jax.enable_x64(True):
+        sde = SDES["vp"]
+        target = D.gaussian_mixture(np.asarray([0.4, 0.6]), np.asarray([[-1.0, 0.5], [1.0, -0.5]]), 0.5)
+        assert target.means.dtype == jnp.float64
+        kernel = FIXED_HORIZON[name](sde, D.gmm_score(target, sde), 333)
+        x = target.sample(jax.random.key(0), 16)
+        assert x.dtype == jnp.float64
+        final, (states, infos) = jax.jit(lambda s, k: pg.run(kernel, k, s, 333, keep="all"))(
+            kernel.init(x), jax.random.key(1))
+        for leaf in jax.tree.leaves((final, infos)):
+            if jnp.issubdtype(leaf.dtype, jnp.floating):
+                assert leaf.dtype == jnp.float64, (name, leaf.dtype)
+        times = infos if name == "likelihood" else infos.time if hasattr(infos, "time") else None
+        if times is not None:
+            end = sde.t_max if name == "likelihood" else 1e-3
+            assert times.dtype == jnp.float64 and float(times[-1]) == end
+            # every grid time is within a few ulps of t_max + i (t_min - t_max) / n
+            i = np.arange(1, 334)
+            exact = sde.t_max + i * (1e-3 - sde.t_max) / 333 if name != "likelihood" else 1e-3 + i * (
+                sde.t_max - 1e-3) / 333
+            np.testing.assert_allclose(np.asarray(times), exact, rtol=0, atol=4e-16)
+        # a float32 run under x64 stays float32 (the caller's dtype, not the default float)
+        final32, info32 = pg.run(kernel, jax.random.key(1), kernel.init(x.astype(jnp.float32)), 333)
+        assert final32.x.dtype == jnp.float32
+        if hasattr(info32, "time"):
+            assert info32.time.dtype == jnp.float32
+
+
+def test_float64_ddim_matches_its_recursion_to_float64_precision():
+    """float64 DDIM (eta = 0) on a Gaussian target against the same recursion in NumPy float64.
+
+    For p_0 = N(0, s0^2), p_t = N(0, v_t) with v_t = alpha_t^2 s0^2 + sigma_t^2 and each DDIM
+    step multiplies x by (alpha_s alpha_t s0^2 + sigma_s sigma_t) / v_t. Any float32 on the way
+    (the mixture's parameters, the time grid) shows up as a relative error near 1e-7.
+    """
+    num_steps, t_min, s0 = 1000, 1e-3, 0.7
+    with jax.enable_x64(True):
+        sde = SDES["vp"]
+        gmm = D.gaussian_mixture([1.0], [[0.0]], s0)  # Python lists: the default float, float64 here
+        kernel = D.ddim(sde, D.gmm_score(gmm, sde), num_steps, t_min=t_min)
+        x_T = jnp.linspace(-2.0, 2.0, 5, dtype=jnp.float64)[:, None]
+        final, _ = pg.run(kernel, jax.random.key(0), kernel.init(x_T), num_steps)
+    beta_min, beta_max = 0.1, 20.0  # vp() defaults
+    times = 1.0 + np.arange(num_steps + 1) * (t_min - 1.0) / num_steps
+    integral = beta_min * times + 0.5 * (beta_max - beta_min) * times**2
+    alpha, sigma = np.exp(-0.5 * integral), np.sqrt(-np.expm1(-integral))
+    v = alpha**2 * s0**2 + sigma**2
+    factor = np.prod((alpha[1:] * alpha[:-1] * s0**2 + sigma[1:] * sigma[:-1]) / v[:-1])
+    assert final.x.dtype == jnp.float64
+    np.testing.assert_allclose(np.asarray(final.x), np.asarray(x_T) * factor, rtol=1e-11)

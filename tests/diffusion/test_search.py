@@ -51,3 +51,67 @@ def test_search_errors():
         D.best_of_n(jax.random.key(0), lambda z: z, lambda x: x, (2,), 4)
     with pytest.raises(ValueError, match="radius"):
         D.zero_order_search(lambda z: z, lambda x: x[:, 0], 4, 0.0)
+
+
+# ---- NaN verifier scores rank below every real score -----------------------------------------
+
+def _nan_for_positive_second_coordinate(x):
+    """Verifier: ``x_0`` but NaN wherever ``x_1 > 0`` (a verifier failing on half the inputs)."""
+    return jnp.where(x[:, 1] > 0, jnp.nan, x[:, 0])
+
+
+def test_best_of_n_never_returns_a_nan_candidate_when_a_real_one_exists():
+    fn = jax.jit(jax.vmap(lambda k: D.best_of_n(k, lambda z: z, _nan_for_positive_second_coordinate, (2,), 16)))
+    res = fn(jax.random.split(jax.random.key(0), 200))
+    scores = np.asarray(res.scores)
+    assert np.isnan(scores).any(axis=1).all()  # every batch has NaN candidates
+    np.testing.assert_array_equal(res.score, np.nanmax(scores, axis=1))  # ground truth: best real score
+    np.testing.assert_array_equal(res.sample[:, 0], res.score)
+    assert np.all(res.sample[:, 1] <= 0)
+
+
+def test_best_of_n_ranks_nan_below_minus_infinity_and_validates_all_nan():
+    verifier = lambda x: jnp.array([jnp.nan, -jnp.inf, jnp.nan, -jnp.inf])  # noqa: E731
+    res = D.best_of_n(jax.random.key(0), lambda z: z, verifier, (1,), 4)
+    assert float(res.score) == -np.inf and float(res.noise[0]) == float(res.sample[0])
+    all_nan = lambda x: jnp.full(x.shape[:1], jnp.nan)  # noqa: E731
+    unchecked = D.best_of_n(jax.random.key(0), lambda z: z, all_nan, (1,), 4)
+    assert np.isnan(float(unchecked.score))  # documented: the first candidate, score NaN
+    with pytest.raises(pg.ValidationError, match="best_of_n: verifier returned NaN for all 4 candidates"):
+        pg.validate(lambda k: D.best_of_n(k, lambda z: z, all_nan, (1,), 4))(jax.random.key(0))
+
+
+def test_zero_order_search_treats_nan_neighbours_as_minus_infinity():
+    """Same keys, so the same candidates: a NaN score must act exactly like -inf.
+
+    The verifier fails (NaN) on every odd-indexed candidate of a batch, so each step has four
+    NaN neighbours. On the old code the first NaN won the argmax and then failed the
+    comparison with the pivot, so the pivot never moved.
+    """
+    target = jnp.array([2.0, -2.0])
+
+    def make(failed_value):
+        def verifier(x):
+            score = -jnp.sum((x - target) ** 2, -1)
+            return jnp.where(jnp.arange(x.shape[0]) % 2 == 1, failed_value, score)
+        return D.zero_order_search(lambda z: z, verifier, 8, 0.5)
+
+    start = jnp.array([-1.0, 0.5])  # far from the best direction (1, -1): score -15.25, best about -2.9
+    runs = {}
+    for label, value in (("nan", jnp.nan), ("ninf", -jnp.inf)):
+        kernel = make(value)
+        runs[label], _ = pg.run(kernel, jax.random.key(3), kernel.init(start), 30, keep="all")[1]
+    init_score = float(make(-jnp.inf).init(start).score)
+    assert float(runs["ninf"].score[-1]) > init_score + 5.0  # the search does move
+    np.testing.assert_array_equal(runs["nan"].noise, runs["ninf"].noise)
+    np.testing.assert_array_equal(runs["nan"].score, runs["ninf"].score)
+    assert not np.isnan(np.asarray(runs["nan"].score)).any()
+
+
+def test_zero_order_search_replaces_a_nan_pivot():
+    verifier = lambda x: jnp.where(x[:, 0] < 0, jnp.nan, -jnp.abs(x[:, 0] - 1.0))  # noqa: E731
+    kernel = D.zero_order_search(lambda z: z, verifier, 8, 1.0)
+    state = kernel.init(jnp.array([-1.0, 0.0]))
+    assert np.isnan(float(state.score))
+    final, _ = pg.run(kernel, jax.random.key(0), state, 20)
+    assert np.isfinite(float(final.score)) and float(final.noise[0]) >= 0
