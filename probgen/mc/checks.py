@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, format_address
 from probgen.core.gfi import GenerativeFunction
 
 
-def check_num_particles(num_particles, where: str) -> None:
-    """``num_particles`` must be a static positive int."""
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"{where}: num_particles must be a positive int, got {num_particles!r}")
+def check_num_particles(num_particles, where: str) -> int:
+    """``num_particles`` as a Python int, or a ``SettingError`` (any integer scalar type is fine)."""
+    return static_int(num_particles, "num_particles", where)
+
+
+def concrete_value(value) -> np.ndarray | None:
+    """The value of an array known at trace time, or None for a traced one (under ``jit``/``vmap``)."""
+    try:
+        return np.asarray(value)
+    except (jax.errors.ConcretizationTypeError, jax.errors.TracerArrayConversionError):
+        return None
 
 
 def check_gf(gf, name: str, where: str) -> None:

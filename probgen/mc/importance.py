@@ -7,7 +7,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from probgen.core.choicemap import ChoiceMap, as_choicemap
+from probgen.core.checks import static_int
+from probgen.core.choicemap import as_choicemap
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
 from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers
@@ -96,7 +97,7 @@ def importance_sampling(key: jax.Array, model: GenerativeFunction, observations,
     """
     where = "importance_sampling"
     check_gf(model, "model", where)
-    check_num_particles(num_particles, where)
+    num_particles = check_num_particles(num_particles, where)
     observations = as_choicemap(observations)
     proposal_args = tuple(proposal_args)
     if proposal is not None:
@@ -115,7 +116,7 @@ def importance_resampling(key: jax.Array, result: ImportanceResult, num_samples:
     Args:
       key: PRNG key.
       result: an :class:`ImportanceResult`.
-      num_samples: how many draws (default: the number of particles).
+      num_samples: how many draws (default: the number of particles); fewer or more is fine.
       scheme: a resampling scheme name (see ``pg.mc.resample``).
 
     Returns:
@@ -133,6 +134,6 @@ def importance_resampling(key: jax.Array, result: ImportanceResult, num_samples:
     """
     check_scheme(scheme, "importance_resampling")
     if num_samples is not None:
-        check_num_particles(num_samples, "importance_resampling (num_samples)")
+        num_samples = static_int(num_samples, "num_samples", "importance_resampling")
     idx = resample(key, jax.lax.stop_gradient(result.log_weights), num_samples, scheme)
     return jax.tree.map(lambda leaf: jnp.take(leaf, idx, axis=0), result.traces)

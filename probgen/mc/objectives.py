@@ -14,6 +14,8 @@ from typing import Any, Callable
 
 import jax
 
+from probgen.mc.checks import check_num_particles
+from probgen.mc.resampling import check_ess_threshold, check_scheme
 from probgen.mc.smc import smc
 
 
@@ -50,13 +52,17 @@ def smc_objective(model_fn: Callable[[Any], tuple], observations, *, num_particl
         >>> grads["a"].shape
         ()
     """
+    where = "smc_objective"
+    num_particles = check_num_particles(num_particles, where)
+    check_ess_threshold(ess_threshold, where)
+    check_scheme(scheme, where)
 
     def loss(params, key):
         model, init_carry, xs = model_fn(params)
         proposal, proposal_args = (None, ()) if proposal_fn is None else proposal_fn(params)
         result = smc(key, model, observations, init_carry, xs, num_particles=num_particles,
                      proposal=proposal, proposal_args=tuple(proposal_args),
-                     ess_threshold=ess_threshold, scheme=scheme)
+                     ess_threshold=ess_threshold, scheme=scheme, keep="last")
         return -result.log_evidence
 
     return loss

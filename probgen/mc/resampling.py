@@ -2,18 +2,53 @@
 
 Each scheme maps normalized-or-not log weights to ancestor indices whose counts have
 expectation ``num_samples * w_i`` (unbiased resampling). All are jit/vmap-safe and
-run in O(N log N) or better with no Python loop over particles.
+run in O(N log N) or better with no Python loop over particles; a particle of weight
+zero (log weight ``-inf``) is never drawn.
+
+Every sum over particles here (normalization, ESS, the CDF, the evidence) adds in one
+fixed pairwise order, written as element-wise operations. XLA's own reductions
+(``jnp.sum``, ``jnp.cumsum``) change their order of addition with the sharding of the
+particle axis, so a sharded particle filter would pick a different ancestor wherever a
+uniform falls within rounding of a CDF step, and from there follow another random path.
+With the fixed order, the same key gives the same ancestors on one device or many.
+
+Degenerate weights (all ``-inf``, or any NaN or ``+inf``) leave nothing to resample:
+every draw is then particle 0. Under :func:`pg.validate` they raise a
+``ValidationError`` naming ``log_weights`` instead.
 """
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.special import logsumexp
+import numpy as np
+
+from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
+from probgen.core.validation import check
+from probgen.mc.checks import concrete_value
 
 SCHEMES = ("multinomial", "stratified", "systematic", "residual")
+
+
+def _pairwise_sum(x: jax.Array) -> jax.Array:
+    """Sum over the leading axis by repeated halving: one fixed order, whatever the sharding."""
+    size = 1 << max(x.shape[0] - 1, 0).bit_length()
+    x = jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
+    while x.shape[0] > 1:
+        half = x.shape[0] // 2
+        x = x[:half] + x[half:]
+    return x[0]
+
+
+def _logsumexp(log_weights: jax.Array) -> jax.Array:
+    """``log(sum(exp(lw)))`` over the leading axis, stably and in a fixed order."""
+    shift = jax.lax.stop_gradient(jnp.max(log_weights, axis=0))
+    shift = jnp.where(jnp.isfinite(shift), shift, jnp.zeros_like(shift))
+    return jnp.log(_pairwise_sum(jnp.exp(log_weights - shift))) + shift
 
 
 def normalize(log_weights: jax.Array) -> jax.Array:
@@ -21,10 +56,10 @@ def normalize(log_weights: jax.Array) -> jax.Array:
 
     Example:
         >>> import jax.numpy as jnp, probgen as pg
-        >>> pg.mc.normalize(jnp.log(jnp.array([1.0, 3.0]))).tolist()
+        >>> pg.mc.normalize(jnp.log(jnp.array([1.0, 3.0]))).round(6).tolist()
         [0.25, 0.75]
     """
-    return jnp.exp(log_weights - logsumexp(log_weights))
+    return jnp.exp(log_weights - _logsumexp(log_weights))
 
 
 def ess(log_weights: jax.Array) -> jax.Array:
@@ -32,25 +67,62 @@ def ess(log_weights: jax.Array) -> jax.Array:
 
     Example:
         >>> import jax.numpy as jnp, probgen as pg
-        >>> float(pg.mc.ess(jnp.zeros(8)))
+        >>> round(float(pg.mc.ess(jnp.zeros(8))), 6)
         8.0
     """
     w = normalize(log_weights)
-    return 1.0 / jnp.sum(w**2)
+    return 1.0 / _pairwise_sum(w**2)
 
 
 def log_mean_exp(log_weights: jax.Array, axis: int | None = None) -> jax.Array:
-    """``log(mean(exp(lw)))``, computed stably: the log of an IS evidence estimate."""
-    n = log_weights.shape[axis] if axis is not None else log_weights.size
-    return logsumexp(log_weights, axis=axis) - jnp.log(n)
+    """``log(mean(exp(lw)))``, computed stably: the log of an IS evidence estimate.
+
+    Example:
+        >>> import jax.numpy as jnp, probgen as pg
+        >>> round(float(pg.mc.log_mean_exp(jnp.log(jnp.array([1.0, 3.0])))), 6)
+        0.693147
+    """
+    log_weights = jnp.ravel(log_weights) if axis is None else jnp.moveaxis(log_weights, axis, 0)
+    count = jnp.asarray(log_weights.shape[0], log_weights.dtype)
+    return _logsumexp(log_weights) - jnp.log(count)
+
+
+def _check_log_weights(log_weights: jax.Array, where: str) -> None:
+    """``log_weights`` must be a vector; under ``pg.validate``, one with something to resample."""
+    if jnp.ndim(log_weights) != 1:
+        raise ValueError(f"{where} expects log_weights of shape (N,), got {jnp.shape(log_weights)}")
+    check(
+        jnp.any(log_weights > -jnp.inf) & ~jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf)),
+        f"{where}: log_weights must hold at least one finite value and no NaN or +inf "
+        "(all -inf, NaN or +inf weights leave nothing to resample); largest log weight: {largest}",
+        largest=jnp.max(log_weights),
+    )
+
+
+def _weights(log_weights: jax.Array, num_samples, where: str) -> tuple[jax.Array, int]:
+    """Checked normalized weights and the static sample count of one scheme call."""
+    num_samples = static_int(num_samples, "num_samples", where)
+    _check_log_weights(log_weights, where)
+    return normalize(log_weights), num_samples
 
 
 def _from_uniforms(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
-    """Indices by inverting the CDF at sorted points in [0, 1)."""
-    cdf = jnp.cumsum(weights)
-    cdf = cdf / cdf[-1]
-    idx = jnp.searchsorted(cdf, uniforms, side="right")
-    return jnp.clip(idx, 0, weights.shape[0] - 1)
+    """Indices by inverting the CDF at points in [0, 1]; a zero weight is never picked.
+
+    The CDF's rounding can leave a step at a zero weight (adjacent prefix sums are added
+    in different orders), so each zero weight is given its predecessor's CDF value; and a
+    point can round up to 1.0 (``(i + u) / n`` in float32), which goes to the last
+    particle of positive weight, the owner of that end of the CDF.
+    """
+    num = weights.shape[0]
+    positive = weights > 0  # False for NaN
+    cdf = jax.lax.associative_scan(jnp.add, weights)
+    cdf = jax.lax.associative_scan(jnp.maximum, jnp.where(positive, cdf, jnp.zeros_like(cdf)))
+    total = cdf[-1]
+    cdf = cdf / jnp.where(total > 0, total, jnp.ones_like(total))
+    found = jnp.searchsorted(cdf, uniforms, side="right")
+    last_positive = jnp.max(jnp.where(positive, jnp.arange(num, dtype=found.dtype), 0))
+    return jnp.where(found < num, found, last_positive)
 
 
 def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
@@ -58,41 +130,61 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax
 
     Inverts the CDF at i.i.d. uniforms (binary search): O(N log N), where a
     Gumbel-max ``categorical`` draw would cost O(N^2).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, probgen as pg
+        >>> pg.mc.multinomial(jax.random.key(0), jnp.log(jnp.array([0.0, 1.0])), 3).tolist()
+        [1, 1, 1]
     """
-    u = jax.random.uniform(key, (num_samples,))
-    return _from_uniforms(normalize(log_weights), u)
+    w, num_samples = _weights(log_weights, num_samples, "multinomial")
+    return _from_uniforms(w, jax.random.uniform(key, (num_samples,), w.dtype))
 
 
 def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
-    """One uniform per stratum ``[(i)/N, (i+1)/N)``."""
-    u = (jnp.arange(num_samples) + jax.random.uniform(key, (num_samples,))) / num_samples
-    return _from_uniforms(normalize(log_weights), u)
+    """One uniform per stratum ``[i/n, (i+1)/n)``.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, probgen as pg
+        >>> pg.mc.stratified(jax.random.key(0), jnp.log(jnp.array([0.5, 0.5])), 4).tolist()
+        [0, 0, 1, 1]
+    """
+    w, num_samples = _weights(log_weights, num_samples, "stratified")
+    strata = jnp.arange(num_samples, dtype=w.dtype)
+    return _from_uniforms(w, (strata + jax.random.uniform(key, (num_samples,), w.dtype)) / num_samples)
 
 
 def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
-    """One shared uniform offset for all strata (lowest variance in practice)."""
-    u = (jnp.arange(num_samples) + jax.random.uniform(key)) / num_samples
-    return _from_uniforms(normalize(log_weights), u)
+    """One shared uniform offset for all strata (lowest variance in practice).
+
+    Example:
+        >>> import jax, jax.numpy as jnp, probgen as pg
+        >>> pg.mc.systematic(jax.random.key(0), jnp.log(jnp.array([0.25, 0.75])), 4).tolist()
+        [0, 1, 1, 1]
+    """
+    w, num_samples = _weights(log_weights, num_samples, "systematic")
+    strata = jnp.arange(num_samples, dtype=w.dtype)
+    return _from_uniforms(w, (strata + jax.random.uniform(key, (), w.dtype)) / num_samples)
 
 
 def residual(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
-    """``floor(N w_i)`` copies deterministically, the rest multinomial on the residuals."""
-    w = normalize(log_weights)
-    counts = jnp.floor(num_samples * w).astype(jnp.int32)
-    num_left = num_samples - jnp.sum(counts)
-    residual_w = num_samples * w - counts
-    # Deterministic part: particle i repeated counts[i] times, laid out by cumsum.
+    """``floor(n w_i)`` copies deterministically, the rest multinomial on the residuals.
+
+    Example:
+        >>> import jax, jax.numpy as jnp, probgen as pg
+        >>> pg.mc.residual(jax.random.key(0), jnp.log(jnp.array([0.5, 0.25, 0.25])), 4).tolist()
+        [0, 0, 1, 2]
+    """
+    w, num_samples = _weights(log_weights, num_samples, "residual")
+    positive = w > 0  # False for NaN: degenerate weights leave no deterministic copies
+    expected = jnp.where(positive, num_samples * w, jnp.zeros_like(w))
+    counts = jnp.floor(expected).astype(jnp.int32)
+    # Deterministic part: particle i fills slots [ends[i-1], ends[i]) (integer sums: exact).
     ends = jnp.cumsum(counts)
-    slots = jnp.arange(num_samples)
-    deterministic = jnp.searchsorted(ends, slots, side="right")
-    # Random part fills slots >= sum(counts).
-    # I.i.d. draws from the residual weights by CDF inversion (O(N log N)). When no
-    # residual is left every slot is deterministic and these draws are unused.
-    residual_w = jnp.maximum(residual_w, 0.0)
-    safe = jnp.where(jnp.sum(residual_w) > 0, residual_w, jnp.ones_like(residual_w))
-    random_part = _from_uniforms(safe, jax.random.uniform(key, (num_samples,)))
-    del num_left
-    return jnp.where(slots < ends[-1], jnp.clip(deterministic, 0, num_samples - 1), random_part).astype(jnp.int32)
+    slots = jnp.arange(num_samples, dtype=ends.dtype)
+    deterministic = jnp.clip(jnp.searchsorted(ends, slots, side="right"), 0, w.shape[0] - 1)
+    # Slots from sum(counts) on: i.i.d. draws from the residuals n w_i - floor(n w_i).
+    random_part = _from_uniforms(expected - counts, jax.random.uniform(key, (num_samples,), w.dtype))
+    return jnp.where(slots < ends[-1], deterministic, random_part).astype(jnp.int32)
 
 
 _SCHEMES: dict[str, Callable] = {
@@ -103,6 +195,39 @@ _SCHEMES: dict[str, Callable] = {
 }
 
 
+def check_scheme(scheme, where: str) -> None:
+    """Raise a :class:`SettingError` for an unknown resampling scheme name."""
+    if not isinstance(scheme, str) or scheme not in _SCHEMES:
+        raise SettingError(f"{where}: unknown resampling scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+
+
+def _is_real_scalar(value) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    if isinstance(value, numbers.Real):
+        return True
+    return (isinstance(value, (jax.Array, np.ndarray)) and value.ndim == 0
+            and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)))
+
+
+def check_ess_threshold(ess_threshold, where: str, name: str = "ess_threshold") -> None:
+    """A threshold must be a real number in ``(0, 1]``: a Python or NumPy number or a scalar array.
+
+    Numbers and concrete arrays are checked now; a traced array (e.g. under ``vmap`` over
+    thresholds) is checked at run time under :func:`pg.validate`. Anything else, or a
+    value out of range, is a :class:`SettingError` naming ``name``.
+    """
+    if not _is_real_scalar(ess_threshold):
+        raise SettingError(f"{where}: {name} must be a float in (0, 1], got {ess_threshold!r}")
+    message = (f"{where}: {name} must lie in (0, 1] (a fraction of the particle count; "
+               f"1.0 resamples at every step), got {{value}}")
+    value = concrete_value(ess_threshold)
+    if value is None:
+        check((ess_threshold > 0) & (ess_threshold <= 1), message, value=ess_threshold)
+    elif not 0.0 < float(value) <= 1.0:
+        raise SettingError(message.format(value=repr(ess_threshold)))
+
+
 def resample(key: jax.Array, log_weights: jax.Array, num_samples: int | None = None,
              scheme: str = "systematic") -> jax.Array:
     """Ancestor indices drawn by ``scheme`` from (unnormalized) log weights.
@@ -110,8 +235,13 @@ def resample(key: jax.Array, log_weights: jax.Array, num_samples: int | None = N
     Args:
       key: PRNG key.
       log_weights: shape ``(N,)``.
-      num_samples: how many indices (default ``N``).
+      num_samples: how many indices (default ``N``); fewer or more than ``N`` is fine.
       scheme: ``"multinomial"``, ``"stratified"``, ``"systematic"`` or ``"residual"``.
+
+    Returns:
+      ``(num_samples,)`` int indices into the ``N`` particles. Degenerate weights (all
+      ``-inf``, or any NaN or ``+inf``) give index 0 everywhere; wrap the caller in
+      :func:`pg.validate` to have them raise a ``ValidationError`` naming ``log_weights``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -119,30 +249,10 @@ def resample(key: jax.Array, log_weights: jax.Array, num_samples: int | None = N
         >>> idx.tolist()
         [1, 1, 1]
     """
-    if scheme not in _SCHEMES:
-        raise ValueError(f"unknown resampling scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
-    if log_weights.ndim != 1:
-        raise ValueError(f"resample expects log_weights of shape (N,), got {log_weights.shape}")
-    n = log_weights.shape[0] if num_samples is None else num_samples
-    return _SCHEMES[scheme](key, log_weights, n)
-
-
-def check_ess_threshold(ess_threshold, where: str) -> None:
-    """Raise a clear error when a static ``ess_threshold`` lies outside ``(0, 1]``."""
-    if isinstance(ess_threshold, (int, float)) and not isinstance(ess_threshold, bool):
-        if not 0.0 < float(ess_threshold) <= 1.0:
-            raise ValueError(
-                f"{where}: ess_threshold must lie in (0, 1] (a fraction of the particle count; "
-                f"1.0 resamples at every step), got {ess_threshold!r}"
-            )
-    elif isinstance(ess_threshold, bool) or ess_threshold is None:
-        raise TypeError(f"{where}: ess_threshold must be a float in (0, 1], got {ess_threshold!r}")
-
-
-def check_scheme(scheme: str, where: str) -> None:
-    """Raise a clear error for an unknown resampling scheme name."""
-    if scheme not in _SCHEMES:
-        raise ValueError(f"{where}: unknown resampling scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    check_scheme(scheme, "resample")
+    _check_log_weights(log_weights, "resample")
+    num_samples = log_weights.shape[0] if num_samples is None else num_samples
+    return _SCHEMES[scheme](key, log_weights, num_samples)
 
 
 def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_threshold: float = 0.5,
@@ -160,7 +270,8 @@ def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_thresh
       key: PRNG key.
       particles: a pytree whose leaves have a leading particle axis of size ``N``.
       log_weights: shape ``(N,)``.
-      ess_threshold: fraction in ``(0, 1]``; ``1.0`` resamples at every call.
+      ess_threshold: fraction in ``(0, 1]`` (a number, or a scalar float array, e.g. to
+        ``vmap`` over thresholds); ``1.0`` resamples at every call.
       scheme: ``"multinomial"``, ``"stratified"``, ``"systematic"`` or ``"residual"``.
 
     Returns:
@@ -176,8 +287,7 @@ def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_thresh
     """
     check_ess_threshold(ess_threshold, "maybe_resample")
     check_scheme(scheme, "maybe_resample")
-    if log_weights.ndim != 1:
-        raise ValueError(f"maybe_resample expects log_weights of shape (N,), got {log_weights.shape}")
+    _check_log_weights(log_weights, "maybe_resample")
     num = log_weights.shape[0]
     for leaf in jax.tree.leaves(particles):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num:
@@ -186,10 +296,8 @@ def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_thresh
                 f"(the number of log weights), got a leaf of shape {jnp.shape(leaf)}"
             )
     stopped = jax.lax.stop_gradient(log_weights)
-    if isinstance(ess_threshold, (int, float)) and float(ess_threshold) >= 1.0:
-        resampled = jnp.asarray(True)
-    else:
-        resampled = ess(stopped) < ess_threshold * num
+    # ESS <= N only up to rounding, so a threshold of 1 resamples by fiat, not by comparison.
+    resampled = (ess(stopped) < ess_threshold * num) | (jnp.asarray(ess_threshold) >= 1.0)
     drawn = resample(key, stopped, num, scheme)
     ancestors = jnp.where(resampled, drawn, jnp.arange(num, dtype=drawn.dtype))
     particles = jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)

@@ -5,22 +5,28 @@ resample when the ESS is low (:func:`pg.mc.maybe_resample`), propose the step's
 latents (from the model's own transition: bootstrap; or from a proposal GF), weight with
 the step's log density, then optionally rejuvenate with an MCMC kernel on the step's
 trace. Particles live in arrays with a leading particle axis; one ``lax.scan`` runs time.
+Every float the filter creates takes the dtype of the model's log densities (float64
+under ``jax_enable_x64``), and each particle draws from its own key, so a sharded run
+follows the same random path as an unsharded one.
 
 Reference: Doucet & Johansen, "A tutorial on particle filtering and smoothing", 2009.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.combinators import Scan
+from probgen.core.errors import SettingError
 from probgen.core.gfi import GenerativeFunction
+from probgen.core.validation import check
 from probgen.kernels import Kernel, run
-from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers
+from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers, concrete_value
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, log_mean_exp, maybe_resample
 
 
@@ -65,28 +71,110 @@ class SMCResult(NamedTuple):
     Attributes:
       log_evidence: ``log Z_hat`` of all observations.
       final: the final :class:`ParticleState`.
-      states: the state after every step (leading time axis): ``states.choices[t]`` and
-        ``states.log_weights[t]`` are the weighted filtering particles at time ``t``.
-      infos: :class:`SMCInfo` per step (leading time axis).
+      states: with ``keep="all"``, the state after every step (leading time axis):
+        ``states.choices[t]`` and ``states.log_weights[t]`` are the weighted filtering
+        particles at time ``t``; ``None`` with ``keep="last"``.
+      infos: :class:`SMCInfo` per step (leading time axis) with ``keep="all"``; the last
+        step's with ``keep="last"``.
     """
 
     log_evidence: jax.Array
     final: ParticleState
-    states: ParticleState
+    states: ParticleState | None
     infos: SMCInfo
-
-
-def _num_steps(model: Scan, xs) -> int:
-    leaves = jax.tree.leaves(xs)
-    if leaves:
-        return int(jnp.shape(leaves[0])[0])
-    if model.length is None:
-        raise ValueError(f"particle_filter: {model.__name__} has no xs and no length")
-    return model.length
 
 
 def _at(tree, t):
     return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, t, 0, keepdims=False), tree)
+
+
+def _check_settings(model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps,
+                    where: str) -> tuple[int, int]:
+    if not isinstance(model, Scan):
+        raise TypeError(
+            f"{where}: model must be a pg.scan(...) state-space model, got {type(model).__name__}; "
+            "for a static model use pg.mc.importance_sampling or pg.mc.tempered_smc"
+        )
+    num_particles = check_num_particles(num_particles, where)
+    check_ess_threshold(ess_threshold, where)
+    check_scheme(scheme, where)
+    if rejuvenation is not None and not isinstance(rejuvenation, Kernel):
+        raise TypeError(f"{where}: rejuvenation must be a pg.Kernel over traces (e.g. pg.mc.mh(...))")
+    return num_particles, static_int(num_rejuvenation_steps, "num_rejuvenation_steps", where)
+
+
+def _check_observations(observations: ChoiceMap, num_steps: int, where: str) -> None:
+    for address, value in observations.to_dict().items():
+        if jnp.ndim(value) == 0 or jnp.shape(value)[0] != num_steps:
+            raise ValueError(
+                f"{where}: observations at {format_address(address)!r} need a leading time axis of "
+                f"size {num_steps}, got shape {jnp.shape(value)}"
+            )
+
+
+def _proposer(step_gf: GenerativeFunction, proposal, proposal_args: tuple) -> Callable:
+    """``propose(key, carry, x_t, obs_t) -> (step trace, log weight increment)`` of one particle."""
+
+    def propose(key, carry, x_t, obs_t):
+        if proposal is None:
+            return step_gf.generate(key, obs_t, carry, x_t)
+        k_prop, k_model = jax.random.split(key)
+        proposed = proposal.simulate(k_prop, carry, x_t, obs_t, *proposal_args)
+        trace, log_p = step_gf.generate(k_model, proposed.choices.merge(obs_t), carry, x_t)
+        return trace, log_p - proposed.score
+
+    return propose
+
+
+def _step_layout(model: Scan, propose: Callable, proposal, proposal_args, init_carry, x0, obs0, where: str):
+    """Trace-time checks of one step; returns its choices' layout, the weights' dtype and
+    ``init_carry`` in the dtypes the step returns (so the time scan's carry types agree)."""
+    step_gf, key = model.kernel, jax.random.key(0)
+    if proposal is not None:
+        check_gf(proposal, "proposal", where)
+        proposed = jax.eval_shape(lambda k: proposal.simulate(k, init_carry, x0, obs0, *proposal_args).choices, key)
+        model_choices = jax.eval_shape(lambda k: step_gf.generate(k, obs0, init_carry, x0)[0].choices, key)
+        check_proposal_covers(proposed, model_choices, obs0, step_gf.__name__, proposal.__name__, where)
+    trace, log_increment = jax.eval_shape(lambda k: propose(k, init_carry, x0, obs0), key)
+    if not (isinstance(trace.retval, tuple) and len(trace.retval) == 2):
+        raise TypeError(f"{where}: the kernel of {model.__name__} must return a (carry, output) pair")
+    carry_out = trace.retval[0]
+    if jax.tree.structure(carry_out) != jax.tree.structure(init_carry):
+        raise TypeError(
+            f"{where}: the kernel of {model.__name__} returns a carry of structure "
+            f"{jax.tree.structure(carry_out)}, but init_carry has structure {jax.tree.structure(init_carry)}"
+        )
+    init_carry = jax.tree.map(lambda c, s: c.astype(s.dtype), init_carry, carry_out)
+    return trace.choices, log_increment.dtype, init_carry
+
+
+def _rejuvenator(rejuvenation: Kernel, num_moves: int, num_particles: int, dtype) -> Callable:
+    """``rejuvenate(key, traces) -> (traces, mean acceptance)`` over the particle axis."""
+
+    def move_one(key, trace):
+        trace, info = run(rejuvenation, key, trace, num_moves)
+        return trace, jnp.asarray(getattr(info, "acceptance_prob", jnp.nan), dtype)
+
+    def rejuvenate(key, traces):
+        traces, acceptance = jax.vmap(move_one)(jax.random.split(key, num_particles), traces)
+        return traces, jnp.mean(acceptance)
+
+    return rejuvenate
+
+
+def _check_within_horizon(step: jax.Array, num_steps: int, where: str) -> jax.Array:
+    """Whether ``step`` indexes an observation: a ``SettingError`` now when ``step`` is known,
+    a failed check under ``pg.validate`` when it is traced."""
+    known = concrete_value(step)
+    if known is not None and not 0 <= int(known) < num_steps:
+        raise SettingError(
+            f"{where}: step index {int(known)} is past the horizon: the observations have {num_steps} time "
+            f"steps (0..{num_steps - 1}); drive the filter for at most {num_steps} steps"
+        )
+    within = (step >= 0) & (step < num_steps)
+    check(within, f"{where}: step index {{step}} is past the horizon: the observations have {num_steps} "
+                  f"time steps; drive the filter for at most {num_steps} steps", step=step)
+    return within
 
 
 def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_particles: int,
@@ -116,6 +204,9 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
 
     Returns:
       A kernel: ``init() -> ParticleState``, ``step(key, state) -> (state, SMCInfo)``.
+      Drive it for at most ``T`` steps (the observations' length): stepping a known
+      state past ``T`` raises a ``SettingError``; under ``jit`` the weights of such a
+      step are NaN, and under :func:`pg.validate` it raises a ``ValidationError``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -131,60 +222,26 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
         (100,)
     """
     where = "particle_filter"
-    if not isinstance(model, Scan):
-        raise TypeError(
-            f"{where}: model must be a pg.scan(...) state-space model, got {type(model).__name__}; "
-            "for a static model use pg.mc.importance_sampling or pg.mc.tempered_smc"
-        )
-    check_num_particles(num_particles, where)
-    check_ess_threshold(ess_threshold, where)
-    check_scheme(scheme, where)
-    if rejuvenation is not None and not isinstance(rejuvenation, Kernel):
-        raise TypeError(f"{where}: rejuvenation must be a pg.Kernel over traces (e.g. pg.mc.mh(...))")
-    if not isinstance(num_rejuvenation_steps, int) or num_rejuvenation_steps < 1:
-        raise ValueError(f"{where}: num_rejuvenation_steps must be a positive int, got {num_rejuvenation_steps!r}")
-    step_gf = model.kernel
+    num_particles, num_rejuvenation_steps = _check_settings(
+        model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, where)
     observations = as_choicemap(observations)
-    num_steps = _num_steps(model, xs)
-    for address, value in observations.to_dict().items():
-        if jnp.ndim(value) == 0 or jnp.shape(value)[0] != num_steps:
-            raise ValueError(
-                f"{where}: observations at {format_address(address)!r} need a leading time axis of "
-                f"size {num_steps}, got shape {jnp.shape(value)}"
-            )
+    num_steps = model._length(xs)
+    _check_observations(observations, num_steps, where)
     proposal_args = tuple(proposal_args)
-    init_carry = jax.tree.map(jnp.asarray, init_carry)
-
-    def propose_one(key, carry, x_t, obs_t):
-        if proposal is None:
-            return step_gf.generate(key, obs_t, carry, x_t)
-        k_prop, k_model = jax.random.split(key)
-        proposed = proposal.simulate(k_prop, carry, x_t, obs_t, *proposal_args)
-        trace, log_p = step_gf.generate(k_model, proposed.choices.merge(obs_t), carry, x_t)
-        return trace, log_p - proposed.score
-
-    # Trace-time checks and the layout of one step's choices.
-    key0 = jax.random.key(0)
-    x0, obs0 = _at(xs, 0), _at(observations, 0)
-    model_shape = jax.eval_shape(lambda k: step_gf.generate(k, obs0, init_carry, x0)[0], key0)
-    if proposal is not None:
-        check_gf(proposal, "proposal", where)
-        proposal_shape = jax.eval_shape(
-            lambda k: proposal.simulate(k, init_carry, x0, obs0, *proposal_args).choices, key0
-        )
-        check_proposal_covers(proposal_shape, model_shape.choices, obs0, step_gf.__name__,
-                              proposal.__name__, where)
-    if not (isinstance(model_shape.retval, tuple) and len(model_shape.retval) == 2):
-        raise TypeError(f"{where}: the kernel of {model.__name__} must return a (carry, output) pair")
+    propose = _proposer(model.kernel, proposal, proposal_args)
+    choices_layout, dtype, init_carry = _step_layout(
+        model, propose, proposal, proposal_args, jax.tree.map(jnp.asarray, init_carry),
+        _at(xs, 0), _at(observations, 0), where)
+    rejuvenate = None if rejuvenation is None else _rejuvenator(rejuvenation, num_rejuvenation_steps, num_particles, dtype)
 
     def init() -> ParticleState:
         carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (num_particles,) + jnp.shape(c)), init_carry)
-        choices = jax.tree.map(lambda s: jnp.zeros((num_particles,) + s.shape, s.dtype), model_shape.choices)
-        zero = jnp.zeros((), jnp.float32)
-        return ParticleState(carry, choices, jnp.zeros((num_particles,), jnp.float32), zero,
+        choices = jax.tree.map(lambda s: jnp.zeros((num_particles,) + s.shape, s.dtype), choices_layout)
+        return ParticleState(carry, choices, jnp.zeros((num_particles,), dtype), jnp.zeros((), dtype),
                              jnp.zeros((), jnp.int32))
 
     def step(key, state: ParticleState):
+        within = _check_within_horizon(state.step, num_steps, where)
         k_resample, k_propose, k_rejuvenate = jax.random.split(key, 3)
         ess_before = ess(state.log_weights)
         # Only the carry is resampled: the step's choices are replaced right below.
@@ -192,38 +249,36 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
             k_resample, state.carry, state.log_weights, ess_threshold, scheme
         )
         x_t, obs_t = _at(xs, state.step), _at(observations, state.step)
-        keys = jax.random.split(k_propose, num_particles)
-        traces, log_increments = jax.vmap(lambda k, c: propose_one(k, c, x_t, obs_t))(keys, carry)
-        acceptance = jnp.zeros(())
-        if rejuvenation is not None:
-            def rejuvenate(k, trace):
-                trace, info = run(rejuvenation, k, trace, num_rejuvenation_steps)
-                return trace, jnp.asarray(getattr(info, "acceptance_prob", jnp.nan), jnp.float32)
-
-            keys = jax.random.split(k_rejuvenate, num_particles)
-            traces, accs = jax.vmap(rejuvenate)(keys, traces)
-            acceptance = jnp.mean(accs)
-        log_weights = log_weights + log_increments
+        keys = jax.random.split(k_propose, num_particles)  # one key per particle: sharding-proof
+        traces, log_increments = jax.vmap(lambda k, c: propose(k, c, x_t, obs_t))(keys, carry)
+        acceptance = jnp.zeros((), dtype)
+        if rejuvenate is not None:
+            traces, acceptance = rejuvenate(k_rejuvenate, traces)
+        # Past the horizon there is no observation left: poison the weights, never reuse the last one.
+        log_weights = log_weights + jnp.where(within, log_increments, jnp.nan)
         new_state = ParticleState(
             carry=traces.retval[0], choices=traces.choices, log_weights=log_weights,
             log_evidence=log_mean_exp(log_weights), step=state.step + 1,
         )
         return new_state, SMCInfo(ess_before, resampled, ancestors, acceptance)
 
-    return Kernel(init=init, step=step)
+    return Kernel(init=init, step=step, horizon=num_steps)
 
 
 def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_particles: int,
         proposal: GenerativeFunction | None = None, proposal_args: tuple = (),
         ess_threshold: float = 0.5, scheme: str = "systematic", rejuvenation: Kernel | None = None,
-        num_rejuvenation_steps: int = 1) -> SMCResult:
+        num_rejuvenation_steps: int = 1, keep: str = "all") -> SMCResult:
     """Run :func:`particle_filter` over every time step (one ``lax.scan``).
 
-    Arguments are those of :func:`particle_filter`, plus the PRNG ``key``.
+    Arguments are those of :func:`particle_filter`, plus the PRNG ``key`` and ``keep``:
+    ``"all"`` (default) stores the particles after every step (memory ``T * N``);
+    ``"last"`` stores only the final ones (memory independent of ``T``), as in
+    :func:`pg.run`; use it when only the evidence or the final filter is needed.
 
     Returns:
       An :class:`SMCResult`: ``log_evidence``, ``final`` state, per-step ``states``
-      (weighted filtering particles) and ``infos``.
+      (weighted filtering particles; ``None`` with ``keep="last"``) and ``infos``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -236,12 +291,22 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
         ...                    0.0, num_particles=200)
         >>> result.states.choices["z"].shape
         (10, 200)
+        >>> last = pg.mc.smc(jax.random.key(0), pg.scan(step, length=10), {"y": jnp.zeros(10)},
+        ...                  0.0, num_particles=200, keep="last")
+        >>> last.states is None, last.infos.ess.shape
+        (True, ())
     """
+    if keep not in ("last", "all"):
+        raise SettingError(f"smc: keep must be 'last' or 'all', got {keep!r}")
+    _check_settings(model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, "smc")
     kernel = particle_filter(
         model, observations, init_carry, xs, num_particles=num_particles, proposal=proposal,
         proposal_args=proposal_args, ess_threshold=ess_threshold, scheme=scheme,
         rejuvenation=rejuvenation, num_rejuvenation_steps=num_rejuvenation_steps,
     )
-    num_steps = _num_steps(model, xs)
+    num_steps = model._length(xs)
+    if keep == "last":
+        final, last_info = run(kernel, key, kernel.init(), num_steps, keep="last")
+        return SMCResult(final.log_evidence, final, None, last_info)
     final, (states, infos) = run(kernel, key, kernel.init(), num_steps, keep="all")
     return SMCResult(final.log_evidence, final, states, infos)

@@ -18,7 +18,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address, select
+from probgen.core.errors import SettingError
 from probgen.core.gfi import GenerativeFunction
 from probgen.kernels import Kernel
 from probgen.mc.checks import check_gf, check_num_particles
@@ -78,6 +80,7 @@ def next_beta(beta: jax.Array, log_likelihood: jax.Array, target_ess: float, num
         1.0
     """
     num = log_likelihood.shape[0]
+    num_bisection_steps = static_int(num_bisection_steps, "num_bisection_steps", "next_beta")
     max_delta = 1.0 - beta
     log_likelihood = jax.lax.stop_gradient(log_likelihood)
 
@@ -132,16 +135,17 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
     """
     where = "tempered_smc"
     check_gf(model, "model", where)
-    check_num_particles(num_particles, where)
-    check_ess_threshold(target_ess, where + " (target_ess)")
+    num_particles = check_num_particles(num_particles, where)
+    check_ess_threshold(target_ess, where, "target_ess")
     check_scheme(scheme, where)
-    if move not in MOVES:
-        raise ValueError(f"{where}: unknown move {move!r}; choose one of {', '.join(MOVES)}")
-    if not isinstance(num_mcmc_steps, int) or num_mcmc_steps < 0:
-        raise ValueError(f"{where}: num_mcmc_steps must be a non-negative int, got {num_mcmc_steps!r}")
+    if not isinstance(move, str) or move not in MOVES:
+        raise SettingError(f"{where}: unknown move {move!r}; choose one of {', '.join(MOVES)}")
+    num_mcmc_steps = static_int(num_mcmc_steps, "num_mcmc_steps", where, minimum=0)
+    num_leapfrog_steps = static_int(num_leapfrog_steps, "num_leapfrog_steps", where)
     observations = as_choicemap(observations)
     key0 = jax.random.key(0)
-    shape = jax.eval_shape(lambda k: model.generate(k, observations, *model_args)[0].choices, key0)
+    trace_shape, weight_shape = jax.eval_shape(lambda k: model.generate(k, observations, *model_args), key0)
+    shape = trace_shape.choices
     observed = set(observations.addresses())
     latent_addresses = [a for a in shape.addresses() if a not in observed]
     if not latent_addresses:
@@ -153,6 +157,7 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
                 f"{shape[address].dtype}; tempered SMC moves need continuous latents"
             )
     latent_selection = select(*latent_addresses)
+    dtype = weight_shape.dtype  # every float of the state: the model's (float64 under x64)
 
     def log_likelihood_and_joint(latents):
         trace, log_lik = replay_generate(model, latents.merge(observations), latent_selection, *model_args)
@@ -161,9 +166,9 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
     def init(key) -> TemperedState:
         keys = jax.random.split(key, num_particles)
         traces, log_lik = jax.vmap(lambda k: model.generate(k, observations, *model_args))(keys)
-        zeros = jnp.zeros((num_particles,), jnp.float32)
-        return TemperedState(traces.choices.filter(latent_selection), log_lik, zeros,
-                             jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        zero = jnp.zeros((), dtype)
+        return TemperedState(traces.choices.filter(latent_selection), log_lik, jnp.zeros((num_particles,), dtype),
+                             zero, zero, jnp.zeros((), jnp.int32))
 
     def move_one(key, latents, beta):
         def logdensity(z):
@@ -182,7 +187,7 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
             log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
             accepted = jnp.log(jax.random.uniform(k_accept)) < log_alpha
             z = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), proposed, z)
-            return z, jnp.exp(jnp.minimum(log_alpha, 0.0))
+            return z, jnp.exp(jnp.minimum(log_alpha, 0.0)).astype(dtype)
 
         latents, probs = jax.lax.scan(one_move, latents, jax.random.split(key, num_mcmc_steps))
         log_lik, _ = log_likelihood_and_joint(latents)
@@ -203,7 +208,7 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
             latents, log_lik, acc = jax.vmap(lambda k, z: move_one(k, z, beta))(keys, latents)
             acceptance = jnp.mean(acc)
         else:
-            acceptance = jnp.zeros(())
+            acceptance = jnp.zeros((), dtype)
         new_state = TemperedState(latents, log_lik, log_weights, log_mean_exp(log_weights), beta,
                                   state.step + 1)
         return new_state, TemperedInfo(beta, ess_now, acceptance)
@@ -234,8 +239,7 @@ def tempered_smc(key: jax.Array, model: GenerativeFunction, observations, *model
         >>> float(result.final.beta)
         1.0
     """
-    if not isinstance(max_steps, int) or max_steps < 1:
-        raise ValueError(f"tempered_smc: max_steps must be a positive int, got {max_steps!r}")
+    max_steps = static_int(max_steps, "max_steps", "tempered_smc")
     kernel = tempered_smc_kernel(
         model, observations, *model_args, num_particles=num_particles, target_ess=target_ess, move=move,
         step_size=step_size, num_leapfrog_steps=num_leapfrog_steps, num_mcmc_steps=num_mcmc_steps,
@@ -243,7 +247,7 @@ def tempered_smc(key: jax.Array, model: GenerativeFunction, observations, *model
     )
     k_init, k_run = jax.random.split(key)
     state = kernel.init(k_init)
-    betas = jnp.full((max_steps,), jnp.nan, jnp.float32)
+    betas = jnp.full((max_steps,), jnp.nan, state.beta.dtype)
 
     def cond(carry):
         s, _ = carry

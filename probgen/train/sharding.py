@@ -9,7 +9,14 @@ devices by default; a 1-device mesh on a laptop), then
 - particle-parallel SMC / importance sampling: :func:`shard_leading` places particles
   (any pytree with a leading particle axis) across the mesh before a jitted sampler, and
   :func:`constrain_leading` keeps them sharded inside it (resampling gathers across
-  devices automatically);
+  devices automatically). For a particle filter shard the particle fields of its state,
+  ``state._replace(carry=..., choices=..., log_weights=...)``; the scalar fields stay
+  replicated. The same key gives the same particles and log evidence as on one device
+  (up to float rounding): every particle draws from its own key (``jax.random`` values do
+  not depend on the sharding, with ``jax_threefry_partitionable`` on or off), and ``pg.mc``'s
+  resampling adds its weights in one fixed order, where XLA's ``sum``/``cumsum`` change
+  their order with the sharding and, through one flipped ancestor, would send the run down
+  another random path;
 - sweeps: ``pg.train.sweep(..., mesh=mesh, axis_name=...)`` spreads sweep members.
 
 Several hosts: call ``jax.distributed.initialize()`` (with ``coordinator_address``,

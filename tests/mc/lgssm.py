@@ -8,38 +8,44 @@ import probgen as pg
 A, Q, R = 0.9, 1.0, 0.5  # z_t = A z_{t-1} + N(0, Q);  y_t = z_t + N(0, R);  z_0 = 0
 
 
-@pg.gen
-def lg_step(z, _):
-    z = pg.sample("z", pg.Normal(A * z, jnp.sqrt(Q)))
-    pg.sample("y", pg.Normal(z, jnp.sqrt(R)))
-    return z, None
+def make_model(a: float):
+    """The step GF ``z_t ~ N(a z_{t-1}, Q), y_t ~ N(z_t, R)`` and its locally optimal proposal."""
+
+    @pg.gen
+    def lg_step(z, _):
+        z = pg.sample("z", pg.Normal(a * z, jnp.sqrt(Q)))
+        pg.sample("y", pg.Normal(z, jnp.sqrt(R)))
+        return z, None
+
+    @pg.gen
+    def optimal_proposal(z_prev, _, obs):
+        """The locally optimal proposal p(z_t | z_{t-1}, y_t)."""
+        var = 1.0 / (1.0 / Q + 1.0 / R)
+        mean = var * (a * z_prev / Q + obs["y"] / R)
+        pg.sample("z", pg.Normal(mean, jnp.sqrt(var)))
+        return None
+
+    return lg_step, optimal_proposal
 
 
-@pg.gen
-def optimal_proposal(z_prev, _, obs):
-    """The locally optimal proposal p(z_t | z_{t-1}, y_t)."""
-    prior_mean = A * z_prev
-    var = 1.0 / (1.0 / Q + 1.0 / R)
-    mean = var * (prior_mean / Q + obs["y"] / R)
-    pg.sample("z", pg.Normal(mean, jnp.sqrt(var)))
-    return None
+lg_step, optimal_proposal = make_model(A)
 
 
-def simulate(seed: int, num_steps: int) -> np.ndarray:
+def simulate(seed: int, num_steps: int, a: float = A) -> np.ndarray:
     rng = np.random.default_rng(seed)
     z, ys = 0.0, []
     for _ in range(num_steps):
-        z = A * z + rng.normal() * np.sqrt(Q)
+        z = a * z + rng.normal() * np.sqrt(Q)
         ys.append(z + rng.normal() * np.sqrt(R))
     return np.asarray(ys, np.float32)
 
 
-def kalman(ys: np.ndarray):
+def kalman(ys: np.ndarray, a: float = A):
     """Exact filtering means, variances and log evidence (float64)."""
     m, p, log_z = 0.0, 0.0, 0.0
     means, variances = [], []
     for y in np.asarray(ys, np.float64):
-        m_pred, p_pred = A * m, A * A * p + Q
+        m_pred, p_pred = a * m, a * a * p + Q
         s = p_pred + R
         log_z += -0.5 * (np.log(2 * np.pi * s) + (y - m_pred) ** 2 / s)
         gain = p_pred / s

@@ -39,6 +39,18 @@ def test_exact_proposal_bound_equals_log_p():
     assert abs(float(loss(EXACT, jax.random.key(0))) + LOG_P) < 1e-3
 
 
+def test_float64_exact_proposal_bound_equals_log_p_to_float64_precision():
+    # Each incremental weight is p(y_t) exactly: float64 must give log p(x) to ~1e-15 (not float32's 1e-7).
+    with jax.enable_x64(True):
+        exact = {"scale": jnp.asarray(0.8, jnp.float64), "log_sd": jnp.asarray(0.5 * np.log(0.2), jnp.float64)}
+        loss = pg.mc.smc_objective(model_fn, {"y": jnp.asarray(YS, jnp.float64)}, num_particles=4,
+                                   proposal_fn=proposal_fn)
+        value = jax.jit(loss)(exact, jax.random.key(0))
+        assert value.dtype == jnp.float64
+        assert abs(float(value) + LOG_P) < 1e-10
+        assert jax.grad(loss)(exact, jax.random.key(0))["scale"].dtype == jnp.float64
+
+
 def test_bound_tightens_with_particles_and_trains():
     means = []
     for n in (1, 8, 64):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import probgen as pg
-from tests.mc.lgssm import kalman, lg_step, optimal_proposal, simulate
+from tests.mc.lgssm import kalman, lg_step, make_model, optimal_proposal, simulate
 
 T = 100
 YS = simulate(0, T)
@@ -102,3 +102,67 @@ def test_bad_inputs_raise_clear_errors():
         pg.mc.smc(jax.random.key(0), MODEL, {"y": jnp.zeros(7)}, 0.0, num_particles=8)
     with pytest.raises(TypeError, match="pg.scan"):
         pg.mc.smc(jax.random.key(0), lg_step, OBS, 0.0, num_particles=8)
+
+
+# --- float64: every float of the filter keeps the model's dtype ---
+
+def test_float64_particle_filter_matches_kalman_to_float64_precision():
+    # With a = 0 the locally optimal proposal makes every incremental weight p(y_t) exactly,
+    # so log Z_hat equals the Kalman log evidence up to rounding: ~1e-14 in float64,
+    # ~1e-6 in float32 (and before the fix float64 crashed: "carry types differ").
+    ys = simulate(10, 50, a=0.0)
+    log_z = kalman(ys, a=0.0)[2]
+    step, proposal = make_model(0.0)
+    with jax.enable_x64(True):
+        result = jax.jit(lambda k: pg.mc.smc(k, pg.scan(step, length=50), {"y": jnp.asarray(ys, jnp.float64)},
+                                             0.0, num_particles=64, proposal=proposal, ess_threshold=1.0))(
+            jax.random.key(0))
+        assert result.log_evidence.dtype == jnp.float64
+        assert result.final.log_weights.dtype == jnp.float64 and result.final.carry.dtype == jnp.float64
+        assert result.states.choices["z"].dtype == jnp.float64 and bool(result.infos.resampled.all())
+        np.testing.assert_allclose(float(result.log_evidence), log_z, rtol=1e-11)
+        # The bootstrap filter on the a = 0.9 model runs in float64 too, near the Kalman value.
+        boot = pg.mc.smc(jax.random.key(1), MODEL, {"y": jnp.asarray(YS, jnp.float64)}, 0.0, num_particles=2000,
+                         rejuvenation=pg.mc.mh(pg.select("z"), scale=0.5), keep="last")
+        assert boot.log_evidence.dtype == jnp.float64 and boot.infos.acceptance.dtype == jnp.float64
+        assert abs(float(boot.log_evidence) - KF_LOGZ) < 1.0
+
+
+# --- keep="last": same estimate, no per-step arrays ---
+
+def test_keep_last_gives_the_same_evidence_without_a_time_axis():
+    full = run_pf(jax.random.key(8), num_particles=256)
+    last = jax.jit(lambda k: pg.mc.smc(k, MODEL, OBS, 0.0, num_particles=256, keep="last"))(jax.random.key(8))
+    np.testing.assert_allclose(last.log_evidence, full.log_evidence, rtol=1e-6)
+    np.testing.assert_array_equal(last.final.log_weights, full.final.log_weights)
+    assert last.states is None
+    assert last.infos.ess.shape == () and last.infos.ancestors.shape == (256,)
+    np.testing.assert_array_equal(last.infos.ancestors, full.infos.ancestors[-1])
+    with pytest.raises(pg.SettingError, match="keep must be"):
+        pg.mc.smc(jax.random.key(0), MODEL, OBS, 0.0, num_particles=8, keep="some")
+
+
+# --- past the horizon: refused, never re-weighted on the last observation ---
+
+def test_stepping_a_known_state_past_the_horizon_is_refused():
+    pf = pg.mc.particle_filter(MODEL, OBS, 0.0, num_particles=8)
+    past = pf.init()._replace(step=jnp.asarray(T, jnp.int32))
+    with pytest.raises(pg.SettingError, match="step index 100 is past the horizon.*100 time steps"):
+        pf.step(jax.random.key(0), past)
+
+
+def test_running_past_the_horizon_is_refused_at_trace_time_and_under_validate():
+    pf = pg.mc.particle_filter(MODEL, OBS, 0.0, num_particles=8)
+    # pg.run knows the filter's horizon (T) statically: more steps are refused before tracing.
+    with pytest.raises(pg.SettingError, match="num_steps=103 exceeds the kernel's horizon of 100"):
+        pg.run(pf, jax.random.key(0), pf.init(), T + 3)
+
+    def run_on(k):  # a second run from the end state: only run time can tell
+        end, _ = pg.run(pf, k, pf.init(), T)
+        return pg.run(pf, k, end, 3)[0].log_evidence
+
+    assert np.isfinite(float(pg.validate(lambda k: pg.run(pf, k, pf.init(), T)[0].log_evidence)(jax.random.key(0))))
+    with pytest.raises(pg.ValidationError, match="step index 100 is past the horizon"):
+        pg.validate(run_on)(jax.random.key(0))
+    # Unchecked, the extra steps poison the estimate instead of reusing y_{T-1} (was finite).
+    assert np.isnan(float(jax.jit(run_on)(jax.random.key(0))))

@@ -54,6 +54,36 @@ posterior_resampled = jax.jit(lambda z: resampled_mean(pg.train.constrain_leadin
 posterior_mean = jax.jit(lambda z: self_normalized_mean(pg.train.constrain_leading(z, particles_mesh)))
 
 
+# Particle-parallel particle filter: the same key must give the same log Z on 1 device or 4
+# (per-particle keys, and fixed-order sums in resampling: XLA's own sums and cumsums add in
+# another order once sharded, which used to flip an ancestor and send the run elsewhere).
+@pg.gen
+def ar_step(z, _):
+    z = pg.sample("z", pg.Normal(0.9 * z, 1.0))
+    pg.sample("y", pg.Normal(z, 0.7))
+    return z, None
+
+
+num_steps = 100
+observed = jnp.asarray(np.random.default_rng(0).normal(size=num_steps) * 2.0, jnp.float32)
+
+
+def filter_log_z(scheme, threshold, shard):
+    pf = pg.mc.particle_filter(pg.scan(ar_step, length=num_steps), {"y": observed}, 0.0, num_particles=1024,
+                               scheme=scheme, ess_threshold=threshold)
+    state = pf.init()
+    if shard:  # the particle axes; the scalar evidence and step index stay replicated
+        state = state._replace(**{name: pg.train.shard_leading(getattr(state, name), particles_mesh)
+                                  for name in ("carry", "choices", "log_weights")})
+    final = jax.jit(lambda key, s: pg.run(pf, key, s, num_steps)[0])(jax.random.key(5), state)
+    return float(final.log_evidence), len(final.log_weights.sharding.device_set)
+
+
+filters = {f"{scheme}-{threshold}": {"single": filter_log_z(scheme, threshold, False),
+                                     "sharded": filter_log_z(scheme, threshold, True)}
+           for scheme, threshold in [("systematic", 0.5), ("systematic", 1.0), ("multinomial", 1.0),
+                                     ("stratified", 0.5), ("residual", 0.5)]}
+
 z = jax.random.normal(jax.random.key(1), (num_particles,))
 z_sharded = pg.train.shard_leading(z, particles_mesh)
 report = {
@@ -72,5 +102,6 @@ report = {
     "resampled_sharded": float(posterior_resampled(z_sharded)),
     "resampled_single": float(jax.jit(resampled_mean)(jax.device_put(z, jax.devices()[0]))),
     "is_mean_single": float(jax.jit(self_normalized_mean)(jax.device_put(z, jax.devices()[0]))),
+    "filters": filters,
 }
 print("RESULT" + json.dumps(report))
