@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probgen.core import handlers
-from probgen.core.choicemap import EMPTY, ChoiceMap, as_choicemap, format_address
+from probgen.core.choicemap import EMPTY, ChoiceMap, as_choicemap, as_selection, format_address
 from probgen.core.errors import ArgumentError, ConstraintError
 from probgen.core.trace import Trace
 
@@ -151,15 +151,13 @@ class GenerativeFunction:
             >>> bool(abs(log_alpha - expected) < 1e-5)
             True
         """
-        from probgen.core.choicemap import as_selection
-
+        if isinstance(trace, Trace) and trace.site_scores is None:
+            raise ConstraintError(f"regenerate: the trace of {self.__name__} has no per-site scores")
         selection = as_selection(selection)
         kept_old = trace.choices.filter(selection.complement())
         new_trace, weight, _, kept = self._update(key, trace.__class__(
             trace.gf, trace.args, trace.retval, kept_old, trace.score, trace.extras, trace.site_scores
         ), EMPTY, trace.args, "regenerate")
-        if trace.site_scores is None:
-            raise ConstraintError(f"regenerate: the trace of {self.__name__} has no per-site scores")
         old_kept = _masked_sum(trace.site_scores, selection, kept)
         return new_trace, weight - old_kept
 
@@ -180,8 +178,6 @@ class GenerativeFunction:
             >>> round(float(model.project(tr, pg.select("x"))), 4)
             -0.9189
         """
-        from probgen.core.choicemap import as_selection
-
         if trace.gf is not self:
             raise ArgumentError(f"project of {self.__name__} was given a trace of {trace.gf.__name__!r}")
         if trace.site_scores is None:
