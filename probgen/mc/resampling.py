@@ -28,27 +28,11 @@ import numpy as np
 
 from probgen.core.checks import static_int
 from probgen.core.errors import SettingError
+from probgen.core.numerics import _logsumexp, _pairwise_sum, log_mean_exp
 from probgen.core.validation import check
 from probgen.mc.checks import concrete_value
 
 SCHEMES = ("multinomial", "stratified", "systematic", "residual")
-
-
-def _pairwise_sum(x: jax.Array) -> jax.Array:
-    """Sum over the leading axis by repeated halving: one fixed order, whatever the sharding."""
-    size = 1 << max(x.shape[0] - 1, 0).bit_length()
-    x = jnp.pad(x, [(0, size - x.shape[0])] + [(0, 0)] * (x.ndim - 1))
-    while x.shape[0] > 1:
-        half = x.shape[0] // 2
-        x = x[:half] + x[half:]
-    return x[0]
-
-
-def _logsumexp(log_weights: jax.Array) -> jax.Array:
-    """``log(sum(exp(lw)))`` over the leading axis, stably and in a fixed order."""
-    shift = jax.lax.stop_gradient(jnp.max(log_weights, axis=0))
-    shift = jnp.where(jnp.isfinite(shift), shift, jnp.zeros_like(shift))
-    return jnp.log(_pairwise_sum(jnp.exp(log_weights - shift))) + shift
 
 
 def normalize(log_weights: jax.Array) -> jax.Array:
@@ -72,19 +56,6 @@ def ess(log_weights: jax.Array) -> jax.Array:
     """
     w = normalize(log_weights)
     return 1.0 / _pairwise_sum(w**2)
-
-
-def log_mean_exp(log_weights: jax.Array, axis: int | None = None) -> jax.Array:
-    """``log(mean(exp(lw)))``, computed stably: the log of an IS evidence estimate.
-
-    Example:
-        >>> import jax.numpy as jnp, probgen as pg
-        >>> round(float(pg.mc.log_mean_exp(jnp.log(jnp.array([1.0, 3.0])))), 6)
-        0.693147
-    """
-    log_weights = jnp.ravel(log_weights) if axis is None else jnp.moveaxis(log_weights, axis, 0)
-    count = jnp.asarray(log_weights.shape[0], log_weights.dtype)
-    return _logsumexp(log_weights) - jnp.log(count)
 
 
 def _check_log_weights(log_weights: jax.Array, where: str) -> None:
