@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, Mapping, Union
 
 import jax
+from probgen.core.errors import ArgumentError
 
 Address = Union[str, tuple]
 
@@ -20,7 +21,7 @@ def normalize_address(address: Address) -> tuple[str, ...]:
         return (address,)
     if isinstance(address, tuple) and address and all(isinstance(a, str) for a in address):
         return address
-    raise TypeError(
+    raise ArgumentError(
         f"an address is a string or a non-empty tuple of strings, got {address!r}"
     )
 
@@ -103,7 +104,7 @@ class ChoiceMap(Mapping):
         if node is None:
             return EMPTY
         if not isinstance(node, ChoiceMap):
-            raise TypeError(f"address {format_address(address)!r} holds a value, not a choice map")
+            raise ArgumentError(f"address {format_address(address)!r} holds a value, not a choice map")
         return node
 
     def get_value(self, address: str) -> Any:
@@ -204,7 +205,7 @@ def as_choicemap(obj: "ChoiceMap | Mapping | None") -> ChoiceMap:
         return obj
     if isinstance(obj, Mapping):
         return ChoiceMap(obj)
-    raise TypeError(f"expected a ChoiceMap or a dict of choices, got {type(obj).__name__}")
+    raise ArgumentError(f"expected a ChoiceMap or a dict of choices, got {type(obj).__name__}")
 
 
 class Selection:

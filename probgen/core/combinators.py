@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from probgen.core import handlers, validation
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, format_address
-from probgen.core.errors import ConstraintError, SettingError
+from probgen.core.errors import ArgumentError, ConstraintError, SettingError
 from probgen.core.gen import _is_placeholder, gen, placeholder_like, sample
 from probgen.core.gfi import GenerativeFunction, Mode, check_args
 from probgen.core.trace import Trace
@@ -167,7 +167,7 @@ class Scan(GenerativeFunction):
 
     def _run(self, key, constraints, args, mode):
         if len(args) != 2:
-            raise TypeError(f"{self.__name__} takes (init_carry, xs), got {len(args)} arguments")
+            raise ArgumentError(f"{self.__name__} takes (init_carry, xs), got {len(args)} arguments")
         init, xs = args
         length = self._length(xs)
         constraints, padded = _fit_previous(constraints, length)
@@ -182,7 +182,7 @@ class Scan(GenerativeFunction):
                 trace, weight = self.kernel._run(k, c, (carry, x), mode)
             out = trace.retval
             if not (isinstance(out, tuple) and len(out) == 2):
-                raise TypeError(
+                raise ArgumentError(
                     f"the kernel of {self.__name__} must return a (carry, output) pair, got "
                     f"{type(out).__name__}"
                 )
@@ -253,7 +253,7 @@ class Switch(GenerativeFunction):
 
     def _run(self, key, constraints, args, mode):
         if not args:
-            raise TypeError(f"{self.__name__} takes (index, *branch_args)")
+            raise ArgumentError(f"{self.__name__} takes (index, *branch_args)")
         index, branch_args = args[0], tuple(args[1:])
         index = jnp.asarray(index)
         if index.shape != () or not jnp.issubdtype(index.dtype, jnp.integer):

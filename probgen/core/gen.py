@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from probgen.core import handlers, validation
 from probgen.core.choicemap import ChoiceMap, format_address, normalize_address
-from probgen.core.errors import AddressError, ConstraintError, MissingChoiceError, StrategyError
+from probgen.core.errors import AddressError, ArgumentError, ConstraintError, MissingChoiceError, StrategyError
 from probgen.core.gfi import GenerativeFunction, Mode, add_extras, zero
 from probgen.core.trace import Trace
 from probgen.distributions import protocol
@@ -113,12 +113,12 @@ class _Handler:
             return self._visit_gf(path, target, args, key)
         if protocol.is_distribution(target):
             if args:
-                raise TypeError(
+                raise ArgumentError(
                     f"pg.sample at {format_address(path)!r}: extra arguments are only for "
                     "generative functions, not distributions"
                 )
             return self._visit_dist(path, target, strategy, key)
-        raise TypeError(
+        raise ArgumentError(
             f"pg.sample at {format_address(handlers.full_address(path))!r} got a "
             f"{type(target).__name__}; expected a distribution (numpyro, distrax, pg.Distribution) "
             "or a generative function"
@@ -257,7 +257,7 @@ class GenFn(GenerativeFunction):
         return trace, handler.weight
 
     def __call__(self, *args):
-        raise TypeError(
+        raise ArgumentError(
             f"{self.__name__} is a generative function: call it at an address inside another one "
             f"(pg.sample('name', {self.__name__}, *args)) or run {self.__name__}.simulate(key, *args)"
         )

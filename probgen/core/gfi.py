@@ -72,12 +72,7 @@ class GenerativeFunction:
             >>> round(float(logp), 4)
             -0.9189
         """
-        check_args(self, args)
-        choices = as_choicemap(choices)
-        with handlers.public_call():
-            trace, weight = self._run(None, choices, args, Mode.ASSESS)
-        check_consumed(self, choices, trace.choices)
-        handlers.report_trace(trace)
+        trace, _ = self._run_constrained(None, choices, args, Mode.ASSESS)
         return trace.score, trace.retval
 
     def generate(self, key: jax.Array, constraints: ChoiceMap | dict, *args: Any) -> tuple[Trace, jax.Array]:
@@ -96,10 +91,14 @@ class GenerativeFunction:
             >>> float(tr["x"])
             0.5
         """
+        return self._run_constrained(key, constraints, args, Mode.GENERATE)
+
+    def _run_constrained(self, key, constraints, args: tuple, mode) -> tuple[Trace, jax.Array]:
+        """assess / generate: run with ``constraints``, every one of which must be used."""
         check_args(self, args)
         constraints = as_choicemap(constraints)
         with handlers.public_call():
-            trace, weight = self._run(key, constraints, args, Mode.GENERATE)
+            trace, weight = self._run(key, constraints, args, mode)
         check_consumed(self, constraints, trace.choices)
         handlers.report_trace(trace)
         return trace, weight

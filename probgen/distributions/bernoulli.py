@@ -15,6 +15,7 @@ from __future__ import annotations
 import jax
 import numpyro.distributions as dist
 from numpyro.distributions.util import validate_sample
+from probgen.core.errors import SettingError
 
 
 class BernoulliLogits(dist.BernoulliLogits):
@@ -45,7 +46,7 @@ def Bernoulli(probs=None, logits=None, *, validate_args=None):  # noqa: N802 (a 
         -2.1269
     """
     if (probs is None) == (logits is None):
-        raise ValueError("Bernoulli: give exactly one of probs= or logits=")
+        raise SettingError("Bernoulli: give exactly one of probs= or logits=")
     if probs is not None:
         return dist.BernoulliProbs(probs, validate_args=validate_args)
     return BernoulliLogits(logits, validate_args=validate_args)

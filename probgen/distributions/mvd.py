@@ -138,13 +138,13 @@ def _geometric(dist: Any) -> list[MVDTerm]:
     # P(x) = p (1-p)^x on {0, 1, ...}:  dP/dp = (1/p) [P(x) - x p^2 (1-p)^(x-1)], and the
     # second law is 1 + G1 + G2 for independent geometric G1, G2 (negative binomial, shifted).
     probs = _batch(dist.probs, dist)
-    sg = jax.lax.stop_gradient(probs)
+    fixed = jax.lax.stop_gradient(probs)
 
     def minus(key):
         k1, k2 = jax.random.split(key)
-        return 1.0 + _geometric_draw(k1, sg) + _geometric_draw(k2, sg)
+        return 1.0 + _geometric_draw(k1, fixed) + _geometric_draw(k2, fixed)
 
-    return [MVDTerm(probs, 1.0 / sg, lambda k: _geometric_draw(k, sg), minus)]
+    return [MVDTerm(probs, 1.0 / fixed, lambda k: _geometric_draw(k, fixed), minus)]
 
 
 register("Normal", _normal)

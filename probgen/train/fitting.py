@@ -18,10 +18,11 @@ import numpy as np
 import optax
 
 from probgen.core.checks import static_int
-from probgen.core.errors import SettingError
+from probgen.core.errors import ArgumentError, SettingError
 from probgen.train import checkpoint as ckpt
 from probgen.train.data import BatchSpec, batch_indices, batch_spec, epoch_permutation, take_batch
 from probgen.train.errors import NonFiniteLossError
+from probgen.train.params import merge_params, split_params, with_static
 from probgen.train.programs import _fingerprint, _ProgramCache
 from probgen.train.progress import progress_bar
 from probgen.train.state import FitResult, FitState
@@ -32,7 +33,7 @@ LossFn = Callable[..., Any]
 def _split_outputs(out: Any) -> tuple[jax.Array, dict]:
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], dict):
-            raise TypeError(
+            raise ArgumentError(
                 "loss_fn must return a scalar loss or (loss, metrics_dict); got a tuple of "
                 f"length {len(out)}"
             )
@@ -40,12 +41,12 @@ def _split_outputs(out: Any) -> tuple[jax.Array, dict]:
     else:
         loss, metrics = out, {}
     if jnp.shape(loss) != ():
-        raise TypeError(f"loss_fn must return a scalar loss; got shape {jnp.shape(loss)}")
+        raise ArgumentError(f"loss_fn must return a scalar loss; got shape {jnp.shape(loss)}")
     for name, value in metrics.items():
         if not isinstance(name, str) or name == "loss":
-            raise TypeError(f"loss_fn metrics keys must be strings other than 'loss'; got {name!r}")
+            raise ArgumentError(f"loss_fn metrics keys must be strings other than 'loss'; got {name!r}")
         if jnp.shape(value) != ():
-            raise TypeError(f"loss_fn metric {name!r} must be a scalar; got shape {jnp.shape(value)}")
+            raise ArgumentError(f"loss_fn metric {name!r} must be a scalar; got shape {jnp.shape(value)}")
     return jnp.asarray(loss), metrics
 
 
@@ -168,15 +169,32 @@ def optimize(
     """
     steps = static_int(steps, "steps", "optimize")
     spec = batch_spec(data, batch_size, batching)
+    params, static = split_params(params)
     params = _strong(params)
     state = FitState(params, optimizer.init(params), jnp.asarray(0, jnp.int32), key)
-    (state, _), outputs = _scan_chunk(loss_fn, optimizer, spec, None, steps, state, jnp.asarray(True), data)
-    return FitResult(state.params, state.opt_state, _history(outputs), state.step, state.key)
+    (state, _), outputs = _scan_chunk(with_static(loss_fn, static), optimizer, spec, None, steps, state,
+                                      jnp.asarray(True), data)
+    return FitResult(merge_params(state.params, static), state.opt_state, _history(outputs), state.step, state.key)
 
 
 def _strong(params: Any) -> Any:
     """Arrays with a concrete dtype (Python floats are weakly typed, which scan rejects)."""
     return jax.tree.map(lambda x: jnp.asarray(x, dtype=jnp.asarray(x).dtype), params)
+
+
+def _with_module(result: FitResult, static) -> FitResult:
+    """``result`` with its parameters put back into the module they came from."""
+    return result if static is None else result._replace(params=merge_params(result.params, static))
+
+
+def _run_module(static, loss_fn, optimizer, spec, data, state, history, steps, **settings) -> FitResult:
+    """:func:`_run_chunks` on the array leaves of a module; results (and errors) carry the module."""
+    try:
+        result = _run_chunks(with_static(loss_fn, static), optimizer, spec, data, state, history, steps, **settings)
+    except NonFiniteLossError as err:
+        err.result = _with_module(err.result, static)
+        raise
+    return _with_module(result, static)
 
 
 def _is_traced(*trees) -> bool:
@@ -403,7 +421,6 @@ def fit(
         raise SettingError("fit: checkpoint_every was given without checkpoint_dir")
     if checkpoint_every is None and checkpoint_dir is not None:
         checkpoint_every = steps
-    params = _strong(params)
     if _is_traced(params, key, data):
         if checkpoint_dir is not None:
             raise SettingError(
@@ -413,6 +430,8 @@ def fit(
         return optimize(loss_fn, params, optimizer, key, data=data, steps=steps,
                         batch_size=batch_size, batching=batching)
     spec = batch_spec(data, batch_size, batching)
+    params, static = split_params(params)
+    params = _strong(params)
     opt_state = optimizer.init(params)
     batch_sharding = None
     if mesh is not None:
@@ -427,8 +446,8 @@ def fit(
         ckpt.prepare_checkpoint_dir(checkpoint_dir, where="fit")
         run_config = _run_config(spec, data, loss_fn, optimizer)
     state = FitState(params, opt_state, jnp.asarray(0, jnp.int32), key)
-    return _run_chunks(
-        loss_fn, optimizer, spec, data, state, {}, steps,
+    return _run_module(
+        static, loss_fn, optimizer, spec, data, state, {}, steps,
         chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
         run_config=run_config,
@@ -505,6 +524,7 @@ def resume(
         checkpoint_every = steps
     if step is not None:
         step = static_int(step, "step", "resume", minimum=0)
+    params, static = split_params(params)
     params = _strong(params)
     spec = batch_spec(data, batch_size, batching)
     opt_state = optimizer.init(params)
@@ -526,8 +546,8 @@ def resume(
         ckpt.prepare_checkpoint_dir(checkpoint_dir, where="resume", resume_from=start)
     if mesh is not None:
         state = state._replace(key=jax.device_put(state.key, key.sharding))
-    return _run_chunks(
-        loss_fn, optimizer, spec, data, state, history, steps,
+    return _run_module(
+        static, loss_fn, optimizer, spec, data, state, history, steps,
         chunk_size=chunk_size, progress=progress, checkpoint_dir=checkpoint_dir,
         checkpoint_every=checkpoint_every, max_to_keep=max_to_keep, batch_sharding=batch_sharding,
         run_config=run_config,

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from probgen.train.sweep import SweepResult, metric_values
+from probgen.core.errors import SettingError
 
 
 def _axes(ax):
@@ -48,7 +49,7 @@ def loss_curve(history: Any, key: str = "loss", ax=None, smooth: int | None = No
         raise KeyError(f"loss_curve: {key!r} is not in the history; it has {sorted(history)}")
     values = np.asarray(history[key], dtype=float)
     if values.ndim != 1:
-        raise ValueError(f"loss_curve: history[{key!r}] must be 1-D (steps,), got {values.shape}")
+        raise SettingError(f"loss_curve: history[{key!r}] must be 1-D (steps,), got {values.shape}")
     ax = _axes(ax)
     steps = np.arange(values.size)
     ax.plot(steps, values, lw=1, alpha=0.5 if smooth else 1.0, label=key)
@@ -103,7 +104,7 @@ def sweep_plot(result: SweepResult, metric: str | Callable = "loss", ax=None, lo
         ax.set_xlabel(names[1])
         ax.figure.colorbar(image, ax=ax, label=label)
     else:
-        raise ValueError(
+        raise SettingError(
             f"sweep_plot draws 1-D or 2-D sweeps; this one has axes {names}. "
             "Slice it first (e.g. result.member) or plot with your own code."
         )
@@ -125,10 +126,10 @@ def sweep_lines(result: SweepResult, metric: str | Callable = "loss", x: str | N
     values = metric_values(result, metric)
     names = list(result.axes)
     if len(names) != 2:
-        raise ValueError(f"sweep_lines needs a 2-D sweep, got axes {names}")
+        raise SettingError(f"sweep_lines needs a 2-D sweep, got axes {names}")
     x = names[0] if x is None else x
     if x not in names:
-        raise ValueError(f"sweep_lines: x={x!r} is not a sweep axis {names}")
+        raise SettingError(f"sweep_lines: x={x!r} is not a sweep axis {names}")
     other = names[1] if x == names[0] else names[0]
     if x != names[0]:
         values = values.T
@@ -153,7 +154,7 @@ def scatter_2d(samples: Any, ax=None, weights: Any = None, **kwargs):
     """
     samples = np.asarray(samples)
     if samples.ndim != 2 or samples.shape[1] != 2:
-        raise ValueError(f"scatter_2d: samples must have shape (n, 2), got {samples.shape}")
+        raise SettingError(f"scatter_2d: samples must have shape (n, 2), got {samples.shape}")
     ax = _axes(ax)
     if weights is not None:
         weights = np.asarray(weights, dtype=float)
@@ -228,7 +229,7 @@ def trace_plot(samples: Any, ax=None, names: Sequence[str] | None = None):
     if samples.ndim == 1:
         samples = samples[:, None]
     if samples.ndim != 2:
-        raise ValueError(f"trace_plot: samples must be (steps,) or (steps, chains), got {samples.shape}")
+        raise SettingError(f"trace_plot: samples must be (steps,) or (steps, chains), got {samples.shape}")
     ax = _axes(ax)
     for j in range(samples.shape[1]):
         label = names[j] if names is not None else (f"chain {j}" if samples.shape[1] > 1 else None)

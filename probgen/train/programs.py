@@ -144,6 +144,8 @@ class _Structure:
             return self._numpy(obj)
         if isinstance(obj, jax.Array):
             return self._device_array(obj)
+        if isinstance(obj, jax.tree_util.PyTreeDef):  # compared by structure, like jit's cache
+            return ("treedef", str(obj)) if self.portable else ("treedef", obj)
         if isinstance(obj, functools.partial):
             return ("partial", self.key(obj.func), self.key(obj.args), self.key(obj.keywords))
         if isinstance(obj, types.MethodType):

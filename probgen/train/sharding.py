@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from probgen.core.errors import SettingError
 
 
 def make_mesh(axis_name: str = "data", devices: Sequence[Any] | None = None) -> Mesh:
@@ -54,7 +55,7 @@ def make_mesh(axis_name: str = "data", devices: Sequence[Any] | None = None) -> 
     """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
-        raise ValueError("make_mesh: no devices given")
+        raise SettingError("make_mesh: no devices given")
     return Mesh(np.asarray(devices), (axis_name,))
 
 
@@ -62,7 +63,7 @@ def _check_divisible(tree: Any, count: int, axis_name: str) -> None:
     for path, leaf in jax.tree.flatten_with_path(tree)[0]:
         shape = np.shape(leaf)
         if not shape or shape[0] % count:
-            raise ValueError(
+            raise SettingError(
                 f"leaf {jax.tree_util.keystr(path) or '<root>'} has shape {shape}; its leading "
                 f"axis must be a multiple of the {count} devices on mesh axis {axis_name!r}"
             )
@@ -88,7 +89,7 @@ def shard_leading(tree: Any, mesh: Mesh, axis_name: str | None = None) -> Any:
     """
     axis_name = mesh.axis_names[0] if axis_name is None else axis_name
     if axis_name not in mesh.axis_names:
-        raise ValueError(f"axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
+        raise SettingError(f"axis_name {axis_name!r} is not an axis of the mesh {mesh.axis_names}")
     _check_divisible(tree, mesh.shape[axis_name], axis_name)
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec(axis_name)))
 

@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from probgen.core.errors import SettingError
+from probgen.core.errors import ArgumentError, SettingError
 from probgen.train.errors import SweepAxisError
+from probgen.train.params import merge_params, split_params
 from probgen.train.programs import _ProgramCache
 
 _SHAPE_ERRORS = (
@@ -46,18 +47,30 @@ class SweepResult(NamedTuple):
 
     def member(self, index: tuple[int, ...]) -> Any:
         """The results of the run at grid ``index``."""
-        return jax.tree.map(lambda leaf: leaf[tuple(index)], self.results)
+        arrays, static = split_params(self.results)
+        return merge_params(jax.tree.map(lambda leaf: leaf[tuple(index)], arrays), static)
 
 
-def _members(train_fn, member_sharding, config):
-    out = jax.vmap(lambda c: train_fn(**c))(config)
+def _members(train_fn, static_out: dict, member_sharding, config):
+    def member(c):
+        # A module in the results (an equinox Module's functions): only its arrays are stacked.
+        arrays, static_out["static"] = split_params(train_fn(**c))
+        return arrays
+
+    out = jax.vmap(member)(config)
     if member_sharding is not None:
         out = jax.lax.with_sharding_constraint(out, member_sharding)
     return out
 
 
 def _members_program(train_fn: Callable[..., Any]) -> Callable[..., Any]:
-    return jax.jit(functools.partial(_members, train_fn), static_argnums=(0,))
+    static_out: dict = {}  # filled when the program is traced; kept with the compiled program
+    program = jax.jit(functools.partial(_members, train_fn, static_out), static_argnums=(0,))
+
+    def run(member_sharding, config):
+        return program(member_sharding, config), static_out["static"]
+
+    return run
 
 
 # Module-level, so sweeping the same train_fn again (or a re-built closure that computes
@@ -150,7 +163,7 @@ def sweep(
         flat = jax.device_put(flat, member_sharding)
 
     try:
-        stacked = _compiled_members(train_fn)(member_sharding, flat)
+        stacked, static = _compiled_members(train_fn)(member_sharding, flat)
     except _SHAPE_ERRORS as err:
         int_axes = [name for name, v in axes.items() if np.issubdtype(v.dtype, np.integer)]
         if not int_axes:
@@ -163,7 +176,7 @@ def sweep(
             f"[sweep(functools.partial(train_fn, {int_axes[0]}=n), ...) for n in ...]. "
             f"Original error: {type(err).__name__}: {str(err).splitlines()[0]}"
         ) from err
-    results = jax.tree.map(lambda leaf: leaf.reshape(grid_shape + leaf.shape[1:]), stacked)
+    results = merge_params(jax.tree.map(lambda leaf: leaf.reshape(grid_shape + leaf.shape[1:]), stacked), static)
     return SweepResult(axes, results)
 
 
@@ -194,7 +207,7 @@ def metric_values(result: SweepResult, metric: str | Callable[[Any], Any]) -> np
     elif isinstance(result.results, dict):
         values = result.results[metric]
     else:
-        raise TypeError(f"cannot find metric {metric!r} in results of type {type(result.results)}")
+        raise ArgumentError(f"cannot find metric {metric!r} in results of type {type(result.results)}")
     values = np.asarray(values)
     if values.shape != result.grid_shape:
         raise SettingError(
@@ -227,7 +240,7 @@ def best(
         raise SettingError(f"best: mode must be 'min' or 'max', got {mode!r}")
     values = metric_values(result, metric).astype(float)
     if np.all(np.isnan(values)):
-        raise ValueError(f"every member of the sweep has a NaN {metric!r}")
+        raise SettingError(f"every member of the sweep has a NaN {metric!r}")
     flat_index = np.nanargmin(values) if mode == "min" else np.nanargmax(values)
     index = np.unravel_index(flat_index, result.grid_shape)
     index = tuple(int(i) for i in index)
