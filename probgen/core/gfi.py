@@ -267,7 +267,7 @@ def check_consumed(gf: GenerativeFunction, constraints: ChoiceMap, choices: Choi
 
 
 def check_args(gf: GenerativeFunction, args: tuple) -> None:
-    """Every argument leaf must be an array, a number or a bool."""
+    """Every argument leaf must be an array, a number, a bool or a function (a module's activation)."""
     for position, arg in enumerate(args):
         leaves = jax.tree_util.tree_leaves_with_path(arg)
         for path, leaf in leaves:
@@ -275,11 +275,13 @@ def check_args(gf: GenerativeFunction, args: tuple) -> None:
                 continue
             if hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
                 continue
+            if callable(leaf):  # static data of the trace (see Trace.tree_flatten)
+                continue
             where = f"argument {position}" + (jax.tree_util.keystr(path) if path else "")
             raise ArgumentError(
                 f"{where} of {gf.__name__} is a {type(leaf).__name__} ({leaf!r:.60}); "
                 "generative-function arguments must be arrays or pytrees of arrays. "
-                "Close over static settings (functions, strings, sizes) instead of passing them."
+                "Close over static settings (strings, sizes, options) instead of passing them."
             )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import jax
 
 from probgen.core.choicemap import Address, ChoiceMap
+from probgen.core.pytrees import merge_arrays, split_arrays
 
 
 @jax.tree_util.register_pytree_node_class
@@ -48,11 +49,16 @@ class Trace:
         self.site_scores = site_scores
 
     def tree_flatten(self):
-        return (self.args, self.retval, self.choices, self.score, self.extras, self.site_scores), self.gf
+        # A module among the arguments (an equinox Module's functions): its non-array
+        # leaves are static data of the trace, so traces pass through jit, vmap and scan.
+        args, static_args = split_arrays(self.args)
+        return (args, self.retval, self.choices, self.score, self.extras, self.site_scores), (self.gf, static_args)
 
     @classmethod
-    def tree_unflatten(cls, gf, children):
-        return cls(gf, *children)
+    def tree_unflatten(cls, aux, children):
+        gf, static_args = aux
+        args, *rest = children
+        return cls(gf, merge_arrays(args, static_args), *rest)
 
     def __getitem__(self, address: Address) -> Any:
         return self.choices[address]
