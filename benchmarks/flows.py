@@ -5,7 +5,7 @@
 ``pg.flows.RealNVP`` / ``pg.flows.SplineFlow`` vs flowjax's ``coupling_flow`` with the same
 number of coupling layers, MLP widths, activation and (for splines) bins and interval. Both
 step functions are written here with optax, so only the flow code differs.
-(b) ODE sampling with ``pg.flows.solve_ode`` (Euler and RK4, 100 steps, 10,000 points,
+(b) ODE sampling with ``pg.dynamics.solve_ode`` (Euler and RK4, 100 steps, 10,000 points,
 analytic velocity) vs the same integrator written by hand with ``lax.scan``.
 
 Medians of interleaved timed runs after warm-up (``block_until_ready``); compile times are
@@ -138,7 +138,7 @@ def _ode_rows(num_points, repeats):
     rows = []
     for method in ("euler", "rk4"):
         fns = {
-            "pg": lambda x, m=method: jax.vmap(lambda p: pg.flows.solve_ode(velocity, p, 0.0, 1.0, num_steps, m))(x),
+            "pg": lambda x, m=method: jax.vmap(lambda p: pg.dynamics.solve_ode(velocity, p, 0.0, 1.0, num_steps, m))(x),
             "hw": jax.vmap(_handwritten_ode(method, num_steps)),  # same structure: per-point scan, vmapped
             "hw_batched": _handwritten_ode(method, num_steps),  # one scan over the (n, 2) array
         }

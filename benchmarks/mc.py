@@ -93,10 +93,10 @@ def main(quick: bool = False) -> list[dict]:
     rows = []
     repeats = 5 if quick else 20
     for n in (1000, 10000):
-        pf = pg.mc.particle_filter(model, {"y": ys}, 0.0, num_particles=n, ess_threshold=1.0)
+        pf = pg.mc.particle_filter(model, {"y": ys}, num_particles=n, ess_threshold=1.0)
         # keep="last": like the hand-written filter, no per-step history is stored.
         fns = {
-            "probgen": lambda k, pf=pf: pg.run(pf, k, pf.init(), T)[0].log_evidence,
+            "probgen": lambda k, pf=pf: pg.run(pf, k, pf.init(0.0), T)[0].log_evidence,
             "hand": lambda k, n=n: hand_pf(k, ys, n),
             "hand_keys": lambda k, n=n: hand_pf_particle_keys(k, ys, n),
         }

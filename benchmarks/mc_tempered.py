@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import probgen as pg
+from probgen.mc.mcmc import mh_accept
 
 sys.path.insert(0, os.path.dirname(__file__))
 from common import compile_seconds, interleaved_seconds, print_table  # noqa: E402
@@ -124,8 +125,7 @@ def stage_fns(x, y, num_particles, beta):
                                        num_mcmc_steps=MCMC_STEPS)
     log_lik = make_log_likelihood(x, y)
     pos = 0.3 * jax.random.normal(jax.random.key(7), (num_particles, DIM))
-    pg_state = kernel.init(jax.random.key(0))._replace(
-        latents=pg.ChoiceMap({"w": pos}), log_likelihood=jax.vmap(log_lik)(pos), beta=jnp.asarray(beta))
+    pg_state = kernel.init({"w": pos})._replace(beta=jnp.asarray(beta))
     sampler = blackjax_sampler(x, y)
     bj_state = bj_tempered.TemperedSMCState(pos, jnp.ones(num_particles) / num_particles, jnp.asarray(beta))
 
@@ -137,8 +137,7 @@ def stage_fns(x, y, num_particles, beta):
         def one(z, k):
             k_prop, k_acc = jax.random.split(k)
             proposed, log_alpha = pg.mc.hmc_proposal(k_prop, z, logdensity, STEP_SIZE, LEAPFROG)
-            ok = jnp.log(jax.random.uniform(k_acc)) < jnp.nan_to_num(log_alpha, nan=-jnp.inf)
-            return jnp.where(ok, proposed, z), None
+            return mh_accept(k_acc, log_alpha, proposed, z)[0], None
 
         return jax.lax.scan(one, w, jax.random.split(key, MCMC_STEPS))[0]
 

@@ -121,7 +121,7 @@ def run_smc():
     start = time.perf_counter()
     result = jax.block_until_ready(run(jax.random.key(6)))
     seconds = time.perf_counter() - start
-    weights = jax.vmap(pg.mc.normalize)(result.states.log_weights)
+    weights = jax.vmap(pg.mc.normalize_weights)(result.states.log_weights)
     pf_means = jnp.sum(weights * result.states.choices["z"], axis=1)
     rmse = float(jnp.sqrt(jnp.mean((pf_means - exact_means) ** 2)))
     rows = [
@@ -141,7 +141,7 @@ def run_diffusion():
     rows, samples = [], {}
     for name in ["euler_maruyama", "ddim", "probability_flow"]:
         start = time.perf_counter()
-        x = jax.block_until_ready(D.sample(jax.random.key(2), sde, score, (4000, 2), name, 300))
+        x = jax.block_until_ready(D.reverse_sample(jax.random.key(2), sde, score, (4000, 2), name, 300))
         samples[name] = x
         rows.append((f"diffusion {name} (300 steps)", "right-mode mass (exact 0.70)",
                      f"{float(jnp.mean(x[:, 0] > 0)):.3f}", f"{time.perf_counter() - start:.1f} s"))
@@ -149,7 +149,7 @@ def run_diffusion():
     exact = float(jnp.mean(tempered.sample(jax.random.key(9), 40000)[:, 0] > 0))
     scores, betas = D.anneal(score, 2.0)
     x, log_w = D.fkc_sample(jax.random.key(6), sde, scores, betas, (4000, 2), 300)
-    fkc_mass = float(pg.mc.normalize(log_w) @ (x[:, 0] > 0))
+    fkc_mass = float(pg.mc.normalize_weights(log_w) @ (x[:, 0] > 0))
     rows.append(("Feynman-Kac annealing p^2", f"right-mode mass (exact {exact:.3f})", f"{fkc_mass:.3f}", ""))
     return rows, samples
 

@@ -1,9 +1,24 @@
 """The one transition-kernel protocol every probgen sampler speaks, and its scan driver.
 
-A :class:`Kernel` is a pair of pure functions: ``init(...) -> state`` and
-``step(key, state) -> (state, info)``. SMC steps, MCMC moves, diffusion and ODE/SDE
-integrator steps all are kernels, so :func:`run` drives any of them with one
-``lax.scan`` and ``jax.vmap`` batches any of them.
+A :class:`Kernel` is a pair of pure functions typed by :class:`InitFn` and :class:`StepFn`
+(the pattern of optax's ``GradientTransformation`` and blackjax's samplers):
+
+- ``init(position_or_particles, ...) -> state``: the first argument is where the sampler
+  starts, a position (an array, a pytree, a :class:`pg.Trace`) or particles with a
+  leading particle axis; optional further arguments come after it. Settings (step sizes,
+  counts, the model) are closed over by the factory that builds the kernel, never passed
+  here, so every kernel starts the same way.
+- ``step(key, state) -> (state, info)``: one transition. ``state`` is a pytree (a
+  ``NamedTuple`` for a sampler with its own state) carrying everything the next step
+  needs (time, step index); ``info`` is a ``NamedTuple`` of diagnostics. The same
+  quantity has the same ``info`` name everywhere: ``acceptance_rate`` (mean MH
+  acceptance probability), ``log_weights`` and ``ess``.
+
+SMC steps, MCMC moves, diffusion and ODE/SDE integrator steps all are kernels, so
+:func:`run` drives any of them with one ``lax.scan`` and ``jax.vmap`` batches any of them.
+Kernel factories are named after their algorithm (``pg.mc.hmc``,
+``pg.mc.particle_filter``); functions that build a kernel and run it to the end in one
+call say so in their docstring (``pg.mc.smc``, ``pg.mc.tempered_smc``).
 
 Fixed-horizon kernels. A kernel built for a fixed number of steps (a diffusion sampler
 walking ``t_max -> t_min`` in ``num_steps`` steps, an ODE integrator from ``t0`` to ``t1``,
@@ -24,7 +39,7 @@ Kernels with a fixed time grid compute each step's time from that integer index 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -34,27 +49,62 @@ from probgen.core.errors import SettingError
 from probgen.core.validation import check
 
 
+__all__ = ["InitFn", "Kernel", "StepFn", "check_horizon", "grid_time", "run"]
+
+PyTree = Any  # a state or info: arrays in a pytree (a NamedTuple for a sampler's own state)
+
+
+class InitFn(Protocol):
+    """The ``init`` of a :class:`Kernel`: a starting point in, the kernel's state out.
+
+    The first argument is the position (an array, a pytree, a :class:`pg.Trace`) or the
+    particles (leading particle axis) the sampler starts from; a kernel may take further
+    optional arguments after it (e.g. initial log weights). ``init`` is pure and may be
+    called under ``jit``/``vmap``.
+    """
+
+    def __call__(self, position_or_particles: PyTree, /, *args: Any, **kwargs: Any) -> PyTree:
+        """Build the state that :func:`run` and ``step`` start from."""
+
+
+class StepFn(Protocol):
+    """The ``step`` of a :class:`Kernel`: ``step(key, state) -> (state, info)``.
+
+    Pure: the key is the only source of randomness and is split by the caller
+    (:func:`run` gives step ``i`` the key ``fold_in(key, i)``). ``info`` is a
+    ``NamedTuple`` of diagnostics, with the same names for the same quantity in every
+    kernel (``acceptance_rate``, ``log_weights``, ``ess``).
+    """
+
+    def __call__(self, key: jax.Array, state: PyTree, /) -> tuple[PyTree, PyTree]:
+        """Take one transition from ``state``: the new state and this step's info."""
+
+
 class Kernel(NamedTuple):
     """A transition kernel: ``init`` builds a state, ``step(key, state) -> (state, info)``.
 
-    Both are pure; the state carries whatever the kernel needs (time, step index).
-    ``horizon`` is ``None`` for a kernel that may run forever (MCMC) and the number of
-    steps a fixed-horizon kernel may take from ``init`` otherwise; :func:`run` refuses to
-    drive it further (see the module docstring). ``Kernel(init, step)`` leaves it ``None``.
+    Both are pure (see :class:`InitFn` and :class:`StepFn`); the state carries whatever
+    the kernel needs (time, step index). ``horizon`` is ``None`` for a kernel that may run
+    forever (MCMC) and the number of steps a fixed-horizon kernel may take from ``init``
+    otherwise; :func:`run` refuses to drive it further (see the module docstring).
+    ``Kernel(init, step)`` leaves it ``None``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
+        >>> from typing import NamedTuple
+        >>> class AR1Info(NamedTuple):
+        ...     increment: jax.Array
         >>> def step(key, x):
-        ...     x = 0.5 * x + jax.random.normal(key)
-        ...     return x, {"x": x}
-        >>> ar1 = pg.Kernel(init=lambda x0: jnp.asarray(x0), step=step)
-        >>> final, _ = pg.run(ar1, jax.random.key(0), ar1.init(0.0), 10)
-        >>> final.shape
-        ()
+        ...     new = 0.5 * x + jax.random.normal(key)
+        ...     return new, AR1Info(new - x)
+        >>> ar1 = pg.Kernel(init=jnp.asarray, step=step)
+        >>> final, info = pg.run(ar1, jax.random.key(0), ar1.init(0.0), 10)
+        >>> final.shape, info.increment.shape
+        ((), ())
     """
 
-    init: Callable[..., Any]
-    step: Callable[[jax.Array, Any], tuple[Any, Any]]
+    init: InitFn
+    step: StepFn
     horizon: int | None = None
 
 
@@ -70,7 +120,7 @@ def check_horizon(step: jax.Array, horizon: int, where: str) -> None:
         >>> def step(key, i):
         ...     check_horizon(i, 3, "counter")
         ...     return i + 1, i
-        >>> counter = pg.Kernel(init=lambda: jnp.zeros((), jnp.int32), step=step, horizon=3)
+        >>> counter = pg.Kernel(init=lambda i: jnp.asarray(i, jnp.int32), step=step, horizon=3)
         >>> try:
         ...     pg.validate(lambda i: pg.run(counter, jax.random.key(0), i, 2)[0])(jnp.int32(2))
         ... except pg.ValidationError as e:

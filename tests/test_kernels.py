@@ -109,7 +109,7 @@ def counter(horizon):
         check_horizon(index, horizon, "counter")
         return index + 1, index
 
-    return pg.Kernel(init=lambda: jnp.zeros((), jnp.int32), step=step, horizon=horizon)
+    return pg.Kernel(init=lambda start: jnp.asarray(start, jnp.int32), step=step, horizon=horizon)
 
 
 def test_kernel_without_horizon_is_backward_compatible():
@@ -120,12 +120,12 @@ def test_kernel_without_horizon_is_backward_compatible():
 
 def test_run_refuses_to_drive_a_kernel_past_its_horizon():
     kernel = counter(5)
-    final, _ = pg.run(kernel, jax.random.key(0), kernel.init(), 5)
+    final, _ = pg.run(kernel, jax.random.key(0), kernel.init(0), 5)
     assert int(final) == 5
     with pytest.raises(pg.SettingError, match=r"num_steps=6 exceeds the kernel's horizon of 5"):
-        pg.run(kernel, jax.random.key(0), kernel.init(), 6)
+        pg.run(kernel, jax.random.key(0), kernel.init(0), 6)
     with pytest.raises(pg.SettingError, match="horizon"):
-        jax.jit(lambda s: pg.run(kernel, jax.random.key(0), s, 6, keep="all"))(kernel.init())
+        jax.jit(lambda s: pg.run(kernel, jax.random.key(0), s, 6, keep="all"))(kernel.init(0))
 
 
 def test_validate_catches_a_resumed_run_past_the_horizon():
@@ -149,3 +149,57 @@ def test_grid_time_is_exact_at_both_ends_and_accurate_inside(dtype):
             exact = 1.0 + np.arange(n + 1) * (1e-3 - 1.0) / n  # float64 reference
             ulp = float(np.finfo(dtype).eps)
             np.testing.assert_allclose(np.asarray(times, np.float64), exact, rtol=0, atol=4 * ulp)
+
+
+# --- one kernel shape: typed init / step, the same Info names for the same quantity ---
+
+def test_kernel_is_typed_by_the_init_and_step_protocols():
+    import typing
+
+    import probgen.kernels as kernels
+
+    hints = typing.get_type_hints(pg.Kernel)
+    assert hints["init"] is kernels.InitFn and hints["step"] is kernels.StepFn
+    assert {"InitFn", "StepFn", "Kernel", "run"} <= set(kernels.__all__)
+    assert all(hasattr(kernels, name) for name in kernels.__all__)
+
+
+@pg.gen
+def _normal_model():
+    z = pg.sample("z", pg.Normal(0.0, 1.0))
+    pg.sample("x", pg.Normal(z, 1.0))
+
+
+@pg.gen
+def _lg_step(z, _):
+    z = pg.sample("z", pg.Normal(0.9 * z, 1.0))
+    pg.sample("y", pg.Normal(z, 0.5))
+    return z, None
+
+
+def _mc_kernels():
+    """Every mc kernel, with the starting point its init takes first."""
+    trace, _ = _normal_model.generate(jax.random.key(0), {"x": 0.5})
+    prior = jax.vmap(_normal_model.simulate)(jax.random.split(jax.random.key(1), 16)).choices
+    mh = pg.mc.mh(pg.select("z"))
+    return {
+        "mh": (mh, trace),
+        "mala": (pg.mc.mala(pg.select("z"), 0.1), trace),
+        "hmc": (pg.mc.hmc(pg.select("z"), 0.1, 3), trace),
+        "regenerate": (pg.mc.regenerate(pg.select("z")), trace),
+        "particle_filter": (pg.mc.particle_filter(pg.scan(_lg_step, length=3), {"y": jnp.zeros(3)}, num_particles=16,
+                                                  rejuvenation=mh), 0.0),
+        "tempered_smc": (pg.mc.tempered_smc_kernel(_normal_model, {"x": 0.5}, num_particles=16), prior),
+    }
+
+
+@pytest.mark.parametrize("name", ["mh", "mala", "hmc", "regenerate", "particle_filter", "tempered_smc"])
+def test_every_mc_kernel_starts_from_its_position_and_reports_acceptance_rate(name):
+    kernel, start = _mc_kernels()[name]
+    assert isinstance(kernel, pg.Kernel)
+    state = kernel.init(start)  # one pattern: init(position_or_particles)
+    final, info = jax.jit(lambda k, s: pg.run(kernel, k, s, 2))(jax.random.key(2), state)
+    assert isinstance(info, tuple) and hasattr(info, "_fields")  # a NamedTuple
+    assert "acceptance_rate" in info._fields
+    assert 0.0 <= float(info.acceptance_rate) <= 1.0
+    assert jax.tree.structure(final) == jax.tree.structure(state)

@@ -5,7 +5,7 @@ import inspect
 
 import probgen as pg
 
-SUBPACKAGES = {"diffusion", "flows", "mc", "train", "vi", "dist"}
+SUBPACKAGES = {"diffusion", "dynamics", "flows", "mc", "train", "vi", "dist"}
 
 
 def test_dir_shows_the_api_not_the_modules():
@@ -27,3 +27,20 @@ def test_every_public_name_exists_and_is_documented():
 
 def test_the_package_ships_py_typed():
     assert importlib.resources.files("probgen").joinpath("py.typed").is_file()
+
+
+def test_public_names_are_unique_across_subpackages():
+    # One name, one thing: pg.mc.normalize and pg.vi.normalize, pg.vmap and pg.vi.vmap,
+    # pg.sample and pg.diffusion.sample used to be unrelated functions of the same name.
+    import importlib
+
+    owners = {}
+    for sub in ("core", "distributions", "diffusion", "dynamics", "flows", "mc", "train", "vi"):
+        module = importlib.import_module(f"probgen.{sub}")
+        for name in module.__all__:
+            value = getattr(module, name)
+            assert name not in owners or owners[name][1] is value, (name, owners[name][0], sub)
+            owners[name] = (sub, value)
+    for name in pg.__all__:
+        if name in owners and not inspect.ismodule(getattr(pg, name)):
+            assert getattr(pg, name) is owners[name][1], name

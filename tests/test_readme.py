@@ -14,8 +14,8 @@ def test_readme_quick_start_runs_and_is_exact(capsys):
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     namespace: dict = {}
     exec(compile(code, "README quick start", "exec"), namespace)
-    params = namespace["result"].params
-    # conjugate posterior of z given x=1: variance 1/(1 + 4) = 0.2, mean 0.2 * 4 * 1 = 0.8
+    params = namespace["result"].params["guide"]
+    # conjugate posterior of z given x = (0.8, 1.2, 0.4, 1.6): variance 1/(1 + 4) = 0.2, mean 0.2 * 4.0 = 0.8
     assert np.isclose(float(params["mu"]), 0.8, atol=1e-3)
     assert np.isclose(float(np.exp(params["log_sigma"])), np.sqrt(0.2), atol=1e-3)
 

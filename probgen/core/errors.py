@@ -23,7 +23,8 @@ class MissingChoiceError(ProbgenError, KeyError):
 
 
 class ArgumentError(ProbgenError, TypeError):
-    """An argument of a generative function is not an array or pytree of arrays."""
+    """An argument has the wrong kind: a generative-function argument that is not an array
+    (or pytree of arrays), a model that is not a generative function, a state of another kernel."""
 
 
 class StrategyError(ProbgenError, ValueError):

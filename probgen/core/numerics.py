@@ -39,3 +39,20 @@ def log_mean_exp(log_weights: jax.Array, axis: int | None = None) -> jax.Array:
     log_weights = jnp.ravel(log_weights) if axis is None else jnp.moveaxis(log_weights, axis, 0)
     count = jnp.asarray(log_weights.shape[0], log_weights.dtype)
     return _logsumexp(log_weights) - jnp.log(count)
+
+
+def as_float(tree):
+    """``tree`` with integer (or bool) leaves cast to the default float; float leaves keep their dtype.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from probgen.core.numerics import as_float
+        >>> as_float(jnp.arange(2)).dtype == jnp.result_type(float), as_float(jnp.ones(1, jnp.float16)).dtype
+        (True, dtype('float16'))
+    """
+
+    def leaf(u):
+        u = jnp.asarray(u)
+        return u if jnp.issubdtype(u.dtype, jnp.floating) else u.astype(jnp.result_type(float))
+
+    return jax.tree.map(leaf, tree)

@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 
 from probgen.core.errors import SettingError
-from probgen.diffusion.samplers import _as_float, _check_common, _step_times, time_grid
-from probgen.diffusion.sde import SDE, ScoreFn, _bcast, checked_score
-from probgen.kernels import Kernel, run
-from probgen.mc.resampling import SCHEMES, ess, maybe_resample
+from probgen.diffusion.samplers import _check_common, _particles, time_grid
+from probgen.diffusion.sde import SDE, ScoreFn, checked_score
+from probgen.dynamics import euler_maruyama_step
+from probgen.kernels import Kernel, check_horizon, run
+from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, maybe_resample
 
 
 class FKCState(NamedTuple):
@@ -60,7 +61,7 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
       betas: their exponents (may be negative, e.g. for guidance; the sum must be positive).
       num_steps, t_min: the time grid, as for the samplers.
       ess_threshold: resample when ``ESS < ess_threshold * num_particles`` (0 never, 1 always),
-        via ``pg.mc.maybe_resample``.
+        via ``pg.mc.maybe_resample``; a number in ``[0, 1]`` (checked by ``pg.mc``).
       scheme: resampling scheme of ``pg.mc.resample``.
 
     Returns:
@@ -81,39 +82,32 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
         raise SettingError(f"feynman_kac: need one beta per score, got {len(score_fns)} scores and {len(betas)} betas")
     if sum(betas) <= 0:
         raise SettingError(f"feynman_kac: the betas must sum to a positive number, got {betas}")
-    if not 0.0 <= ess_threshold <= 1.0:
-        raise SettingError(f"feynman_kac: ess_threshold must lie in [0, 1], got {ess_threshold!r}")
-    if scheme not in SCHEMES:
-        raise SettingError(f"feynman_kac: unknown scheme {scheme!r}; choose one of {', '.join(SCHEMES)}")
+    check_ess_threshold(ess_threshold, "feynman_kac")  # [0, 1]: 0 never resamples, 1 always
+    check_scheme(scheme, "feynman_kac")
     grid = time_grid(sde, num_steps, t_min)
+    prepare = _particles("feynman_kac")
 
     def init(x, log_weights=None):
-        x = _as_float(x)
-        if x.ndim < 2:
-            raise ValueError(f"feynman_kac.init: x must have shape (num_particles, *event_shape), got {x.shape}")
+        x = prepare(x)
         if log_weights is None:
             log_weights = jnp.zeros(x.shape[:1], x.dtype)
         return FKCState(x, log_weights, jnp.zeros((), jnp.int32))
 
     def step(key, state):
         k_move, k_resample = jax.random.split(key)
-        t, s = _step_times("feynman_kac", grid, num_steps, state.step, state.x.dtype)
-        h = t - s
+        check_horizon(state.step, num_steps, "feynman_kac")
+        t, s = grid(state.step, state.x.dtype), grid(state.step + 1, state.x.dtype)
         x = state.x
         scores = [fn(x, t) for fn in score_fns]
         combined = sum(b * sc for b, sc in zip(betas, scores))
-        g2 = sde.g2(t)
-        # Feynman–Kac weight (left-point rule), Skreta et al. 2025.
-        log_increment = 0.5 * g2 * h * (
+        # Feynman–Kac weight (left-point rule), Skreta et al. 2025; the reverse step is t -> s < t.
+        log_increment = 0.5 * sde.g2(t) * (t - s) * (
             _sum_event(combined**2) - sum(b * _sum_event(sc**2) for b, sc in zip(betas, scores)))
-        drift = sde.drift(x, t) - _bcast(g2, x) * combined
-        x_new = x - h * drift + jnp.sqrt(g2 * h) * jax.random.normal(k_move, x.shape, x.dtype)
+        drift = sde.reverse_drift(lambda *_: combined, x, t)  # the reverse SDE of the combined score
+        x_new = euler_maruyama_step(k_move, lambda *_: drift, sde.diffusion, t, x, s - t)
         log_weights = state.log_weights + log_increment
         current_ess = ess(log_weights)
-        if ess_threshold > 0:
-            x_new, log_weights, resampled, _ = maybe_resample(k_resample, x_new, log_weights, ess_threshold, scheme)
-        else:
-            resampled = jnp.asarray(False)
+        x_new, log_weights, resampled, _ = maybe_resample(k_resample, x_new, log_weights, ess_threshold, scheme)
         return FKCState(x_new, log_weights, state.step + 1), FKCInfo(current_ess, resampled)
 
     return Kernel(init=init, step=step, horizon=num_steps)
@@ -125,7 +119,7 @@ def fkc_sample(key: jax.Array, sde: SDE, score_fns: Sequence[ScoreFn], betas: Se
     """Run :func:`feynman_kac` from ``x_T ~ N(0, prior_std^2 / sum(betas))`` (the product of the priors).
 
     Returns:
-      ``(x, log_weights)``: weighted particles at ``t_min``; use ``pg.mc.normalize(log_weights)``
+      ``(x, log_weights)``: weighted particles at ``t_min``; use ``pg.mc.normalize_weights(log_weights)``
       for expectations or ``pg.mc.resample`` for an unweighted set.
 
     Example:
@@ -133,7 +127,7 @@ def fkc_sample(key: jax.Array, sde: SDE, score_fns: Sequence[ScoreFn], betas: Se
         >>> sde = pg.diffusion.vp()
         >>> gmm = pg.diffusion.gaussian_mixture([1.0], [[0.0]], 1.0)
         >>> x, lw = pg.diffusion.fkc_sample(jax.random.key(1), sde, [pg.diffusion.gmm_score(gmm, sde)], [2.0], (2000, 1), 200)
-        >>> w = pg.mc.normalize(lw)
+        >>> w = pg.mc.normalize_weights(lw)
         >>> abs(float(w @ x[:, 0] ** 2) - 0.5) < 0.1  # N(0, 1)^2 ∝ N(0, 1/2)
         True
     """

@@ -2,59 +2,19 @@
 
 Along the ODE ``dx/dt = v(x, t)``, ``d log p_t(x_t) / dt = -div v(x_t, t)``, so
 ``log p_{t_min}(x) = log p_prior(x_{t_max}) + int_{t_min}^{t_max} div v(x_t, t) dt``.
-The divergence is exact (``D`` Jacobian-vector products, low dimension) or Hutchinson's
-unbiased estimate ``E[z^T (dv/dx) z]`` (high dimension).
+The integration is :func:`probgen.dynamics.cnf_integrator` on the particle batch; the
+divergence is exact (``D`` batched Jacobian-vector products, low dimension) or Hutchinson's
+unbiased estimate ``E[z^T (dv/dx) z]`` (high dimension), see :func:`probgen.dynamics.divergence`.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
-import jax.numpy as jnp
 
-from probgen.core.checks import static_int
-from probgen.core.errors import SettingError
-from probgen.diffusion.samplers import _as_float
-from probgen.diffusion.sde import SDE, ScoreFn, checked_score
-from probgen.kernels import Kernel, check_horizon, grid_time, run
-
-
-class LikelihoodState(NamedTuple):
-    """Particles ``x`` moving up in time, accumulated ``int div v dt`` per particle, and the step."""
-
-    x: jax.Array
-    delta_log_prob: jax.Array
-    step: jax.Array
-
-
-def _exact_divergence(fn, x, key):
-    del key
-    n = x.shape[0]
-    flat_dim = x[0].size
-
-    def directional(i):
-        tangent = jnp.zeros((n, flat_dim), x.dtype).at[:, i].set(1.0).reshape(x.shape)
-        _, jv = jax.jvp(fn, (x,), (tangent,))
-        return jv.reshape(n, flat_dim)[:, i]
-
-    return jnp.sum(jax.vmap(directional)(jnp.arange(flat_dim)), axis=0)
-
-
-def _hutchinson(num_probes: int, probe: str):
-    def divergence(fn, x, key):
-        if probe == "rademacher":
-            z = jax.random.rademacher(key, (num_probes,) + x.shape, x.dtype)
-        else:
-            z = jax.random.normal(key, (num_probes,) + x.shape, x.dtype)
-
-        def one(zi):
-            _, jv = jax.jvp(fn, (x,), (zi,))
-            return jnp.sum((zi * jv).reshape(x.shape[0], -1), axis=-1)
-
-        return jnp.mean(jax.vmap(one)(z), axis=0)
-
-    return divergence
+from probgen.diffusion.samplers import _check_common
+from probgen.diffusion.sde import SDE, ScoreFn, _as_field, checked_score
+from probgen.dynamics import cnf_integrator
+from probgen.kernels import Kernel, run
 
 
 def likelihood_kernel(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float = 1e-3,
@@ -68,14 +28,15 @@ def likelihood_kernel(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float 
       num_steps: steps from ``t_min`` up to ``t_max``.
       t_min: the data time.
       divergence: ``"exact"`` or ``"hutchinson"``.
-      num_probes: Hutchinson probes per divergence evaluation.
+      num_probes: Hutchinson probes per step (fresh at each step, shared by its stages).
       probe: ``"rademacher"`` or ``"gaussian"`` Hutchinson probes.
-      method: ``"euler"`` or ``"heun"``.
+      method: ``"euler"``, ``"heun"`` or ``"rk4"``.
 
     Returns:
-      A :class:`probgen.Kernel` with ``init(x) -> LikelihoodState`` and ``horizon=num_steps``;
-      times are computed from the step index in the dtype of ``x`` (the last step ends
-      exactly at ``t_max``).
+      The :func:`probgen.dynamics.cnf_integrator` kernel from ``t_min`` to ``t_max`` on the
+      batch: ``init(x) -> pg.dynamics.CNFState`` with ``delta_log_prob`` of shape
+      ``(num_points,)``, ``horizon=num_steps``; times are computed from the step index in the
+      dtype of ``x`` (the last step ends exactly at ``t_max``).
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -85,44 +46,10 @@ def likelihood_kernel(sde: SDE, score_fn: ScoreFn, num_steps: int, t_min: float 
         >>> s.delta_log_prob.shape
         (2,)
     """
-    if divergence not in ("exact", "hutchinson"):
-        raise SettingError(f"likelihood: divergence must be 'exact' or 'hutchinson', got {divergence!r}")
-    if method not in ("euler", "heun"):
-        raise SettingError(f"likelihood: method must be 'euler' or 'heun', got {method!r}")
-    if probe not in ("rademacher", "gaussian"):
-        raise SettingError(f"likelihood: probe must be 'rademacher' or 'gaussian', got {probe!r}")
-    num_steps = static_int(num_steps, "num_steps", "likelihood")
-    num_probes = static_int(num_probes, "num_probes", "likelihood")
-    if not 0.0 <= t_min < sde.t_max:
-        raise SettingError(f"likelihood: t_min must lie in [0, t_max={sde.t_max}), got {t_min!r}")
-    score_fn = checked_score(score_fn, "likelihood")
-    div_fn = _exact_divergence if divergence == "exact" else _hutchinson(num_probes, probe)
-
-    def field(x, t, key):
-        v_fn = lambda y: sde.ode_drift(score_fn, y, t)  # noqa: E731
-        return v_fn(x), div_fn(v_fn, x, key)
-
-    def init(x):
-        x = _as_float(x)
-        if x.ndim < 2:
-            raise ValueError(f"likelihood.init: x must have shape (num_points, *event_shape), got {x.shape}")
-        return LikelihoodState(x, jnp.zeros(x.shape[:1], x.dtype), jnp.zeros((), jnp.int32))
-
-    def step(key, state):
-        k1, k2 = jax.random.split(key)
-        check_horizon(state.step, num_steps, "likelihood")
-        t, s = (grid_time(i, num_steps, t_min, sde.t_max, state.x.dtype) for i in (state.step, state.step + 1))
-        dt = s - t
-        v1, d1 = field(state.x, t, k1)
-        x_new = state.x + dt * v1
-        delta = dt * d1
-        if method == "heun":
-            v2, d2 = field(x_new, s, k2)
-            x_new = state.x + 0.5 * dt * (v1 + v2)
-            delta = 0.5 * dt * (d1 + d2)
-        return LikelihoodState(x_new, state.delta_log_prob + delta, state.step + 1), s
-
-    return Kernel(init=init, step=step, horizon=num_steps)
+    num_steps = _check_common("likelihood", sde, num_steps, t_min)
+    velocity = _as_field(sde.ode_drift, checked_score(score_fn, "likelihood"))
+    return cnf_integrator(velocity, t_min, sde.t_max, num_steps, method, divergence, num_probes, probe,
+                          batched=True, name="likelihood")
 
 
 def log_likelihood(key: jax.Array, sde: SDE, score_fn: ScoreFn, x: jax.Array, num_steps: int = 200,

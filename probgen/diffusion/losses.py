@@ -1,9 +1,11 @@
-"""Score-matching losses, each a pure ``loss_fn(key, params, batch) -> scalar``.
+"""Score-matching losses, each a pure ``loss(params, key, batch) -> scalar``.
 
-The network is any ``model_fn(params, x_t, t)`` (``x_t`` of shape ``(B, *event)``, ``t`` of
-shape ``(B,)``): a plain function of a parameter pytree, or a flax nnx module split into
-``graphdef, state`` and called as ``nnx.merge(graphdef, state)(x_t, t)``. ``jax.grad`` of the
-loss with respect to ``params`` feeds optax directly.
+The loss takes the parameters first, like every trainable objective in probgen: pass it to
+``pg.fit(loss, params, optimizer, key, data=x)``, ``pg.sweep``, ``jax.grad`` or optax as it
+is (``batch`` is the data minibatch, shape ``(B, *event)``). The network is any
+``model_fn(params, x_t, t)`` (``x_t`` of shape ``(B, *event)``, ``t`` of shape ``(B,)``): a
+plain function of a parameter pytree, or a flax nnx module split into ``graphdef, state``
+and called as ``nnx.merge(graphdef, state)(x_t, t)``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 
 from probgen.core.checks import static_int
 from probgen.core.errors import SettingError
+from probgen.core.numerics import as_float
 from probgen.diffusion.sde import SDE, _bcast
 
 PARAMETERIZATIONS = ("eps", "x0", "v", "score")
@@ -23,6 +26,14 @@ WEIGHTINGS = ("default", "likelihood")
 
 def _sum_event(v: jax.Array) -> jax.Array:
     return jnp.sum(v.reshape(v.shape[0], -1), axis=-1)
+
+
+def _data_batch(batch, where: str) -> jax.Array:
+    """The data minibatch as a floating array of shape ``(B, *event_shape)`` (integers become floats)."""
+    batch = as_float(batch)
+    if batch.ndim < 2:
+        raise SettingError(f"{where}: batch must have shape (B, *event_shape), got {batch.shape}")
+    return batch
 
 
 def model_to_score(sde: SDE, output: jax.Array, x: jax.Array, t, parameterization: str) -> jax.Array:
@@ -42,15 +53,15 @@ def model_to_score(sde: SDE, output: jax.Array, x: jax.Array, t, parameterizatio
     if parameterization not in PARAMETERIZATIONS:
         raise SettingError(f"model_to_score: unknown parameterization {parameterization!r}; "
                            f"choose one of {PARAMETERIZATIONS}")
-    a, sg = _bcast(sde.alpha(t), x), _bcast(sde.sigma(t), x)
+    a, sigma = _bcast(sde.alpha(t), x), _bcast(sde.sigma(t), x)
     if parameterization == "score":
         return output
     if parameterization == "eps":
-        return -output / sg
+        return -output / sigma
     if parameterization == "x0":
-        return (a * output - x) / sg**2
-    eps = (sg * x + a * output) / (a**2 + sg**2)
-    return -eps / sg
+        return (a * output - x) / sigma**2
+    eps = (sigma * x + a * output) / (a**2 + sigma**2)
+    return -eps / sigma
 
 
 def score_from_model(sde: SDE, model_fn: Callable, params, parameterization: str = "eps"):
@@ -76,7 +87,7 @@ def score_from_model(sde: SDE, model_fn: Callable, params, parameterization: str
 
 def denoising_score_matching(sde: SDE, model_fn: Callable, parameterization: str = "eps",
                              weighting: str = "default", t_min: float = 1e-3) -> Callable:
-    """Denoising score matching (Vincent 2011; Song et al. 2021) as ``loss_fn(key, params, batch)``.
+    """Denoising score matching (Vincent 2011; Song et al. 2021) as ``loss(params, key, batch)``.
 
     ``t ~ U(t_min, t_max)``, ``x_t = alpha(t) x0 + sigma(t) eps``. With ``weighting="default"``
     each parameterization regresses its own target: ``||eps_hat - eps||^2``,
@@ -92,12 +103,13 @@ def denoising_score_matching(sde: SDE, model_fn: Callable, parameterization: str
       t_min: smallest training time.
 
     Returns:
-      ``loss_fn(key, params, batch) -> scalar`` (mean over the batch, summed over event dims).
+      ``loss(params, key, batch) -> scalar`` (mean over the batch, summed over event dims),
+      ready for ``pg.fit(loss, params, optimizer, key, data=x)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> loss = pg.diffusion.denoising_score_matching(pg.diffusion.vp(), lambda p, x, t: p * x)
-        >>> jax.grad(loss, argnums=1)(jax.random.key(0), 0.5, jnp.ones((8, 2))).shape
+        >>> jax.grad(loss)(0.5, jax.random.key(0), jnp.ones((8, 2))).shape
         ()
     """
     if parameterization not in PARAMETERIZATIONS:
@@ -108,38 +120,37 @@ def denoising_score_matching(sde: SDE, model_fn: Callable, parameterization: str
     if not 0.0 < t_min < sde.t_max:
         raise SettingError(f"denoising_score_matching: t_min must lie in (0, {sde.t_max}), got {t_min!r}")
 
-    def loss_fn(key, params, batch):
-        batch = jnp.asarray(batch)
-        if batch.ndim < 2:
-            raise ValueError(f"denoising_score_matching: batch must have shape (B, *event_shape), got {batch.shape}")
+    def loss(params, key, batch):
+        batch = _data_batch(batch, "denoising_score_matching")
         k_t, k_eps = jax.random.split(key)
-        batch = batch if jnp.issubdtype(batch.dtype, jnp.floating) else batch.astype(jnp.result_type(float))
         t = jax.random.uniform(k_t, batch.shape[:1], batch.dtype, minval=t_min, maxval=sde.t_max)
         eps = jax.random.normal(k_eps, batch.shape, batch.dtype)
-        a, sg = _bcast(sde.alpha(t), batch), _bcast(sde.sigma(t), batch)
-        x_t = a * batch + sg * eps
+        a, sigma = _bcast(sde.alpha(t), batch), _bcast(sde.sigma(t), batch)
+        x_t = a * batch + sigma * eps
         out = model_fn(params, x_t, t)
         if out.shape != batch.shape:
-            raise ValueError(f"denoising_score_matching: model_fn returned shape {out.shape}, expected {batch.shape}")
+            raise SettingError(
+                f"denoising_score_matching: model_fn returned shape {out.shape}, expected {batch.shape}"
+            )
         if weighting == "likelihood":
             score = model_to_score(sde, out, x_t, t, parameterization)
-            per = sde.g2(t) * _sum_event((score + eps / sg) ** 2)
+            per = sde.g2(t) * _sum_event((score + eps / sigma) ** 2)
         elif parameterization == "eps":
             per = _sum_event((out - eps) ** 2)
         elif parameterization == "x0":
             per = _sum_event((out - batch) ** 2)
         elif parameterization == "v":
-            per = _sum_event((out - (a * eps - sg * batch)) ** 2)
+            per = _sum_event((out - (a * eps - sigma * batch)) ** 2)
         else:
-            per = _sum_event((sg * out + eps) ** 2)
+            per = _sum_event((sigma * out + eps) ** 2)
         return jnp.mean(per)
 
-    return loss_fn
+    return loss
 
 
 def sliced_score_matching(model_fn: Callable, num_projections: int = 1, variance_reduced: bool = True,
                           projection: str = "rademacher") -> Callable:
-    """Sliced score matching (Song, Garg, Shi & Ermon 2019) as ``loss_fn(key, params, batch)``.
+    """Sliced score matching (Song, Garg, Shi & Ermon 2019) as ``loss(params, key, batch)``.
 
     Estimates ``E[ v^T (d s / dx) v + (1/2) ||s||^2 ]`` (``variance_reduced=True``, SSM-VR) or
     ``E[ v^T (d s / dx) v + (1/2) (v^T s)^2 ]``, which equals the Fisher divergence
@@ -152,22 +163,20 @@ def sliced_score_matching(model_fn: Callable, num_projections: int = 1, variance
       projection: ``"rademacher"`` or ``"gaussian"``.
 
     Returns:
-      ``loss_fn(key, params, batch) -> scalar``.
+      ``loss(params, key, batch) -> scalar``, ready for ``pg.fit(loss, params, optimizer, key, data=x)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> loss = pg.diffusion.sliced_score_matching(lambda p, x: -p * x)
-        >>> round(float(loss(jax.random.key(0), 1.0, jnp.zeros((4, 3)))), 3)
+        >>> round(float(loss(1.0, jax.random.key(0), jnp.zeros((4, 3)))), 3)
         -3.0
     """
     if projection not in ("rademacher", "gaussian"):
         raise SettingError(f"sliced_score_matching: projection must be 'rademacher' or 'gaussian', got {projection!r}")
     num_projections = static_int(num_projections, "num_projections", "sliced_score_matching")
 
-    def loss_fn(key, params, batch):
-        batch = jnp.asarray(batch)
-        if batch.ndim < 2:
-            raise ValueError(f"sliced_score_matching: batch must have shape (B, *event_shape), got {batch.shape}")
+    def loss(params, key, batch):
+        batch = _data_batch(batch, "sliced_score_matching")
         shape = (num_projections,) + batch.shape
         if projection == "rademacher":
             v = jax.random.rademacher(key, shape, batch.dtype)
@@ -184,4 +193,4 @@ def sliced_score_matching(model_fn: Callable, num_projections: int = 1, variance
 
         return jnp.mean(jax.vmap(one)(v))
 
-    return loss_fn
+    return loss

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.scipy.special import logsumexp
 
+from probgen.core.errors import SettingError
 from probgen.diffusion.sde import SDE
 
 
@@ -45,7 +46,7 @@ class GaussianMixture(NamedTuple):
     def _terms(self, x: jax.Array):
         """Per-component log joint ``log w_k + log N_k(x)`` and ``S_k^{-1}(x - mu_k)``."""
         if x.shape[-1] != self.dim:
-            raise ValueError(f"GaussianMixture: x has trailing dim {x.shape[-1]}, expected {self.dim}")
+            raise SettingError(f"GaussianMixture: x has trailing dim {x.shape[-1]}, expected {self.dim}")
         precision = jnp.linalg.inv(self.covs)
         _, logdet = jnp.linalg.slogdet(self.covs)
         diff = x[..., None, :] - self.means
@@ -113,16 +114,16 @@ def gaussian_mixture(weights, means, covs) -> GaussianMixture:
     dtype = jnp.result_type(weights, means, covs, float)
     weights, means, covs = weights.astype(dtype), means.astype(dtype), covs.astype(dtype)
     if weights.ndim != 1:
-        raise ValueError(f"gaussian_mixture: weights must have shape (K,), got {weights.shape}")
+        raise SettingError(f"gaussian_mixture: weights must have shape (K,), got {weights.shape}")
     if means.ndim != 2 or means.shape[0] != weights.shape[0]:
-        raise ValueError(
+        raise SettingError(
             f"gaussian_mixture: means must have shape (K, D) = ({weights.shape[0]}, D), got {means.shape}")
     k, d = means.shape
     if covs.ndim <= 1:
         stds = jnp.broadcast_to(covs, (k,))
         covs = stds[:, None, None] ** 2 * jnp.eye(d, dtype=dtype)
     if covs.shape != (k, d, d):
-        raise ValueError(f"gaussian_mixture: covs must have shape {(k, d, d)} or be stds, got {covs.shape}")
+        raise SettingError(f"gaussian_mixture: covs must have shape {(k, d, d)} or be stds, got {covs.shape}")
     return GaussianMixture(jnp.log(weights / jnp.sum(weights)), means, covs)
 
 
@@ -165,7 +166,7 @@ def mixture_product(a: GaussianMixture, b: GaussianMixture) -> GaussianMixture:
         0.5
     """
     if a.dim != b.dim:
-        raise ValueError(f"mixture_product: dimensions differ ({a.dim} vs {b.dim})")
+        raise SettingError(f"mixture_product: dimensions differ ({a.dim} vs {b.dim})")
     pa, pb = jnp.linalg.inv(a.covs), jnp.linalg.inv(b.covs)
     prec = pa[:, None] + pb[None, :]
     cov = jnp.linalg.inv(prec)

@@ -102,11 +102,21 @@ def checked_score(score_fn: ScoreFn, where: str) -> ScoreFn:
     def wrapped(x, t):
         out = score_fn(x, t)
         if jnp.shape(out) != x.shape:
-            raise ValueError(f"{where}: score_fn(x, t) must return an array of x's shape {x.shape}, "
-                             f"got {jnp.shape(out)}")
+            raise SettingError(f"{where}: score_fn(x, t) must return an array of x's shape {x.shape}, "
+                               f"got {jnp.shape(out)}")
         return jnp.asarray(out).astype(x.dtype)
 
     return wrapped
+
+
+def _as_field(drift: Callable, score_fn: ScoreFn) -> Callable:
+    """The vector field ``f(t, x) = drift(score_fn, x, t)`` of an SDE drift method.
+
+    The one place where diffusion's ``score_fn(x, t)`` convention (batch first, as in the
+    score-based literature) meets the ``f(t, x)`` fields of :mod:`probgen.dynamics`:
+    ``drift`` is ``sde.reverse_drift`` or ``sde.ode_drift``.
+    """
+    return lambda t, x: drift(score_fn, x, t)
 
 
 def _check_positive(name: str, **values) -> None:
@@ -115,16 +125,40 @@ def _check_positive(name: str, **values) -> None:
             raise SettingError(f"{name}: {key} must be a positive number, got {value!r}")
 
 
-def _linear_beta(beta_min, beta_max):
-    """``beta(t) = beta_min + t (beta_max - beta_min)`` and its integral from 0 to t."""
+def _linear_beta(name, beta_min, beta_max, t_max):
+    """``beta(t) = beta_min + t (beta_max - beta_min)`` and ``log alpha(t) = -int_0^t beta / 2``."""
+    _check_positive(name, beta_min=beta_min, beta_max=beta_max, t_max=t_max)
 
     def beta(t):
         return beta_min + t * (beta_max - beta_min)
 
-    def integral(t):
-        return beta_min * t + 0.5 * (beta_max - beta_min) * t**2
+    def log_alpha(t):
+        return -0.5 * (beta_min * t + 0.5 * (beta_max - beta_min) * t**2)
 
-    return beta, integral
+    return beta, log_alpha
+
+
+def _variance_preserving(name, beta, log_alpha, t_max, sub: bool = False) -> SDE:
+    """``dx = -beta(t)/2 x dt + g(t) dW`` with ``alpha = exp(log_alpha)`` and a unit prior.
+
+    VP: ``g^2 = beta`` and ``sigma^2 = 1 - alpha^2``; sub-VP: ``g^2 = beta (1 - alpha^4)`` and
+    ``sigma = 1 - alpha^2`` (Song et al. 2021, eq. 34).
+    """
+    if sub:
+        g2 = lambda t: -beta(t) * jnp.expm1(4.0 * log_alpha(t))  # noqa: E731
+        sigma = lambda t: -jnp.expm1(2.0 * log_alpha(t))  # noqa: E731
+    else:
+        g2 = beta
+        sigma = lambda t: jnp.sqrt(-jnp.expm1(2.0 * log_alpha(t)))  # noqa: E731
+    return SDE(
+        name=name,
+        f=lambda t: -0.5 * beta(t),
+        g2=g2,
+        alpha=lambda t: jnp.exp(log_alpha(t)),
+        sigma=sigma,
+        prior_std=1.0,
+        t_max=float(t_max),
+    )
 
 
 def vp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> SDE:
@@ -145,19 +179,7 @@ def vp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> SDE
         >>> round(float(pg.diffusion.vp().sigma(1.0)), 4)
         1.0
     """
-    _check_positive("vp", beta_min=beta_min, beta_max=beta_max, t_max=t_max)
-
-    beta, integral = _linear_beta(beta_min, beta_max)
-
-    return SDE(
-        name="vp",
-        f=lambda t: -0.5 * beta(t),
-        g2=beta,
-        alpha=lambda t: jnp.exp(-0.5 * integral(t)),
-        sigma=lambda t: jnp.sqrt(-jnp.expm1(-integral(t))),
-        prior_std=1.0,
-        t_max=float(t_max),
-    )
+    return _variance_preserving("vp", *_linear_beta("vp", beta_min, beta_max, t_max), t_max)
 
 
 def vp_cosine(offset: float = 0.008, t_max: float = 0.99) -> SDE:
@@ -188,15 +210,7 @@ def vp_cosine(offset: float = 0.008, t_max: float = 0.99) -> SDE:
     def beta(t):
         return 2.0 * scale * jnp.tan(phi(t))
 
-    return SDE(
-        name="vp_cosine",
-        f=lambda t: -0.5 * beta(t),
-        g2=beta,
-        alpha=lambda t: jnp.exp(log_alpha(t)),
-        sigma=lambda t: jnp.sqrt(-jnp.expm1(2.0 * log_alpha(t))),
-        prior_std=1.0,
-        t_max=float(t_max),
-    )
+    return _variance_preserving("vp_cosine", beta, log_alpha, t_max)
 
 
 def subvp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> SDE:
@@ -210,19 +224,7 @@ def subvp(beta_min: float = 0.1, beta_max: float = 20.0, t_max: float = 1.0) -> 
         >>> float(pg.diffusion.subvp().sigma(0.0))
         0.0
     """
-    _check_positive("subvp", beta_min=beta_min, beta_max=beta_max, t_max=t_max)
-
-    beta, integral = _linear_beta(beta_min, beta_max)
-
-    return SDE(
-        name="subvp",
-        f=lambda t: -0.5 * beta(t),
-        g2=lambda t: -beta(t) * jnp.expm1(-2.0 * integral(t)),
-        alpha=lambda t: jnp.exp(-0.5 * integral(t)),
-        sigma=lambda t: -jnp.expm1(-integral(t)),
-        prior_std=1.0,
-        t_max=float(t_max),
-    )
+    return _variance_preserving("subvp", *_linear_beta("subvp", beta_min, beta_max, t_max), t_max, sub=True)
 
 
 def ve(sigma_min: float = 0.01, sigma_max: float = 50.0, t_max: float = 1.0) -> SDE:

@@ -69,7 +69,7 @@ def best_of_n(key: jax.Array, decode_fn: Callable, verifier: Callable, noise_sha
     samples = decode_fn(noise)
     scores = verifier(samples)
     if scores.shape != (num_candidates,):
-        raise ValueError(f"best_of_n: verifier must return shape ({num_candidates},), got {scores.shape}")
+        raise SettingError(f"best_of_n: verifier must return shape ({num_candidates},), got {scores.shape}")
     check(~jnp.all(jnp.isnan(scores)),
           "best_of_n: verifier returned NaN for all {n} candidates", n=jnp.asarray(num_candidates))
     best = _best_index(scores)

@@ -1,8 +1,13 @@
-"""probgen.flows: normalizing flows, interpolants / flow matching, ODE and SDE samplers,
-continuous-normalizing-flow likelihoods and learned samplers for unnormalized densities.
+"""probgen.flows: normalizing flows, interpolants / flow matching and optimal-transport couplings.
 
-Flows are distributions usable at a sample site (``pg.sample("z", pg.flows.RealNVP(p))``);
-samplers are :class:`pg.Kernel` s driven by :func:`pg.run`.
+Flows are distributions usable at a sample site (``pg.sample("z", pg.flows.RealNVP(p))``).
+A learned velocity ``v(t, x)`` is sampled and scored with :mod:`probgen.dynamics`
+(``pg.dynamics.solve_ode`` / ``ode_integrator`` / ``sde_integrator``, and the
+continuous-normalizing-flow likelihood ``pg.dynamics.cnf_log_prob`` / ``cnf_integrator``),
+the single home of numerical integration. The path integral sampler, a learned sampler for
+unnormalized densities, is ``pis_*`` (``pis_sampler`` the kernel, ``pis_sample`` its one-shot
+driver, ``pis_reverse_kl`` / ``pis_log_variance`` its losses in the ``loss(params, key, batch)``
+convention).
 """
 
 from probgen.flows import bijectors
@@ -19,33 +24,66 @@ from probgen.flows.distribution import (
     init_spline_flow,
 )
 from probgen.flows.nets import init_made, init_mlp, made, mlp
+from probgen.flows.path_integral import (
+    PISState,
+    init_pis,
+    pis_control,
+    pis_log_normalizer,
+    pis_log_variance,
+    pis_reverse_kl,
+    pis_sample,
+    pis_sampler,
+    pis_terminal_log_weight,
+)
 from probgen.flows.coupling import assignment, ot_coupling, reflow_pairs, sinkhorn_plan
 from probgen.flows.interpolants import (
     Interpolant,
+    interpolant_score_matching,
     interpolate,
     linear_interpolant,
     noisy_interpolant,
     score_loss,
     trig_interpolant,
     velocity_loss,
+    velocity_matching,
 )
-from probgen.flows.ode import (
-    CNFState,
-    ODEState,
-    cnf_kernel,
-    cnf_log_prob,
-    ode_kernel,
-    sde_kernel,
-    solve_ode,
-)
-from probgen.flows.samplers import (
-    SamplerState,
-    control,
-    diffusion_sampler_kernel,
-    init_diffusion_sampler,
-    log_normalizer,
-    log_variance_loss,
-    reverse_kl_loss,
-    sample_paths,
-    terminal_log_weight,
-)
+
+__all__ = [
+    "Affine",
+    "Flow",
+    "IAF",
+    "Interpolant",
+    "MAF",
+    "PISState",
+    "RealNVP",
+    "SplineFlow",
+    "assignment",
+    "bijectors",
+    "init_affine",
+    "init_made",
+    "init_maf",
+    "init_mlp",
+    "init_pis",
+    "init_realnvp",
+    "init_spline_flow",
+    "interpolant_score_matching",
+    "interpolate",
+    "linear_interpolant",
+    "made",
+    "mlp",
+    "noisy_interpolant",
+    "ot_coupling",
+    "pis_control",
+    "pis_log_normalizer",
+    "pis_log_variance",
+    "pis_reverse_kl",
+    "pis_sample",
+    "pis_sampler",
+    "pis_terminal_log_weight",
+    "reflow_pairs",
+    "score_loss",
+    "sinkhorn_plan",
+    "trig_interpolant",
+    "velocity_loss",
+    "velocity_matching",
+]

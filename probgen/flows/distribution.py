@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from probgen.core.checks import static_int
+from probgen.core.errors import SettingError
 from probgen.distributions.protocol import Distribution
 from probgen.flows import bijectors
 from probgen.flows.nets import init_made, init_mlp
@@ -50,7 +51,7 @@ class Flow(Distribution):
 
     def __init__(self, params: Sequence, layers: Sequence, dim: int):
         if len(params) != len(layers):
-            raise ValueError(f"Flow: {len(params)} parameter sets for {len(layers)} layers")
+            raise SettingError(f"Flow: {len(params)} parameter sets for {len(layers)} layers")
         self.params = list(params)
         self.layers = tuple(layers)
         self.dim = int(dim)
@@ -90,7 +91,7 @@ class Flow(Distribution):
 
     def _check(self, x):
         if jnp.shape(x)[-1:] != (self.dim,):
-            raise ValueError(f"Flow.log_prob: value has shape {jnp.shape(x)}; expected trailing dimension {self.dim}")
+            raise SettingError(f"Flow.log_prob: value has shape {jnp.shape(x)}; expected trailing dimension {self.dim}")
 
     def sample(self, key: jax.Array, sample_shape: tuple[int, ...] = ()) -> jax.Array:
         """Pathwise draw(s) of shape ``sample_shape + (dim,)``."""
@@ -119,7 +120,7 @@ class Flow(Distribution):
 
 def _dim_from(params, name):
     if not isinstance(params, (list, tuple)) or not params:
-        raise ValueError(f"{name}: params must be the non-empty list returned by init_{name.lower()}")
+        raise SettingError(f"{name}: params must be the non-empty list returned by init_{name.lower()}")
     return int(params[-1]["shift"].shape[-1])
 
 

@@ -1,7 +1,9 @@
 """Monte Carlo: importance sampling, SMC, resampling, tempering and MCMC moves.
 
-Every sampler is a :class:`pg.Kernel` (``init``, ``step``) with NamedTuple states and
-infos, driven by :func:`pg.run`; particles carry a leading particle axis.
+Every sampler is a :class:`pg.Kernel` (``init(position_or_particles)``, ``step``) with
+NamedTuple states and infos, driven by :func:`pg.run`; particles carry a leading particle
+axis. Infos name the same quantity the same way: ``acceptance_rate``, ``ess``,
+``log_weights``.
 """
 
 from probgen.mc.importance import (
@@ -19,7 +21,7 @@ from probgen.mc.resampling import (
     log_mean_exp,
     maybe_resample,
     multinomial,
-    normalize,
+    normalize_weights,
     resample,
     residual,
     stratified,
@@ -39,7 +41,7 @@ __all__ = [
     "ImportanceResult", "MCMCInfo", "ParticleState", "SCHEMES", "SMCInfo", "SMCResult", "TemperedInfo",
     "TemperedResult", "TemperedState", "ess", "hmc", "hmc_proposal", "importance_resampling",
     "importance_sampling", "importance_weight", "log_mean_exp", "mala", "mala_proposal", "maybe_resample",
-    "mh", "multinomial", "next_beta", "normalize", "particle_filter", "regenerate", "replay_generate",
+    "mh", "multinomial", "next_beta", "normalize_weights", "particle_filter", "regenerate", "replay_generate",
     "resample", "residual", "rw_proposal", "smc", "smc_objective", "stratified", "systematic",
     "tempered_smc", "tempered_smc_kernel",
 ]

@@ -7,6 +7,7 @@ import numpy as np
 
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, format_address
+from probgen.core.errors import AddressError, ArgumentError
 from probgen.core.gfi import GenerativeFunction
 
 
@@ -24,8 +25,9 @@ def concrete_value(value) -> np.ndarray | None:
 
 
 def check_gf(gf, name: str, where: str) -> None:
+    """An :class:`ArgumentError` unless ``gf`` is a generative function."""
     if not isinstance(gf, GenerativeFunction):
-        raise TypeError(f"{where}: {name} must be a generative function (@pg.gen), got {type(gf).__name__}")
+        raise ArgumentError(f"{where}: {name} must be a generative function (@pg.gen), got {type(gf).__name__}")
 
 
 def check_proposal_covers(proposal_choices: ChoiceMap, model_choices: ChoiceMap, observations: ChoiceMap,
@@ -36,7 +38,7 @@ def check_proposal_covers(proposal_choices: ChoiceMap, model_choices: ChoiceMap,
     proposed = set(proposal_choices.addresses())
     missing = [a for a in latents if a not in proposed]
     if missing:
-        raise ValueError(
+        raise AddressError(
             f"{where}: proposal {proposal_name} does not propose the latent address(es) "
             f"{', '.join(repr(format_address(a)) for a in missing)} of {model_name}; a custom proposal "
             f"must cover every unobserved choice (it proposes: "
@@ -44,18 +46,14 @@ def check_proposal_covers(proposal_choices: ChoiceMap, model_choices: ChoiceMap,
         )
     clash = [a for a in proposed if a in observed]
     if clash:
-        raise ValueError(
+        raise AddressError(
             f"{where}: proposal {proposal_name} proposes observed address(es) "
             f"{', '.join(repr(format_address(a)) for a in clash)}; propose latent choices only"
         )
     extra = [a for a in proposed if a not in set(model_choices.addresses())]
     if extra:
-        raise ValueError(
+        raise AddressError(
             f"{where}: proposal {proposal_name} proposes address(es) "
             f"{', '.join(repr(format_address(a)) for a in extra)} that {model_name} does not have"
         )
 
-
-def shapes_of(fn, *args):
-    """``jax.eval_shape`` that also works on pytrees holding keys."""
-    return jax.eval_shape(fn, *args)

@@ -42,12 +42,15 @@ def importance_weight(key: jax.Array, model: GenerativeFunction, observations, m
     Example:
         >>> import jax, probgen as pg
         >>> @pg.gen
+        ... def guide(loc):
+        ...     pg.sample("z", pg.Normal(loc, 0.5))
+        >>> @pg.gen
         ... def model():
-        ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> tr, log_w = pg.mc.importance_weight(jax.random.key(0), model, {"x": 0.5}, ())
-        >>> float(tr["x"])
-        0.5
+        ...     pg.sample("x", pg.Normal(pg.sample("z", pg.Normal(0.0, 1.0)), 1.0))
+        >>> tr, log_w = pg.mc.importance_weight(jax.random.key(0), model, {"x": 0.5}, (), guide, (0.25,))
+        >>> log_q = pg.Normal(0.25, 0.5).log_prob(tr["z"])  # log p(x, z) - log q(z)
+        >>> bool(abs(log_w - (model.assess(tr.choices)[0] - log_q)) < 1e-5)
+        True
     """
     observations = as_choicemap(observations)
     if proposal is None:
@@ -86,14 +89,15 @@ def importance_sampling(key: jax.Array, model: GenerativeFunction, observations,
       An :class:`ImportanceResult` (traces, log_weights, log_evidence, ess).
 
     Example:
-        >>> import jax, probgen as pg
+        >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
         ... def model():
         ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
+        ...     pg.sample("x", pg.Normal(z, 1.0))
         >>> result = pg.mc.importance_sampling(jax.random.key(0), model, {"x": 0.5}, num_particles=1000)
-        >>> result.log_weights.shape
-        (1000,)
+        >>> exact = pg.Normal(0.0, jnp.sqrt(2.0)).log_prob(0.5)  # p(x) = N(x; 0, 2)
+        >>> result.log_weights.shape, bool(abs(result.log_evidence - exact) < 0.05)
+        ((1000,), True)
     """
     where = "importance_sampling"
     check_gf(model, "model", where)
@@ -123,14 +127,16 @@ def importance_resampling(key: jax.Array, result: ImportanceResult, num_samples:
       Traces with a leading axis of ``num_samples``.
 
     Example:
-        >>> import jax, probgen as pg
+        >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def model():
-        ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> result = pg.mc.importance_sampling(jax.random.key(0), model, {"x": 0.5}, num_particles=100)
-        >>> pg.mc.importance_resampling(jax.random.key(1), result, 10)["z"].shape
-        (10,)
+        ... def coin():
+        ...     bias = pg.sample("bias", pg.Beta(2.0, 2.0))
+        ...     pg.sample("flips", pg.Bernoulli(probs=jnp.full(5, bias)))
+        >>> heads = {"flips": jnp.ones(5, jnp.int32)}
+        >>> result = pg.mc.importance_sampling(jax.random.key(0), coin, heads, num_particles=4000)
+        >>> posterior = pg.mc.importance_resampling(jax.random.key(1), result, 4000)
+        >>> round(float(posterior["bias"].mean()), 1)  # Beta(7, 2) posterior: mean 7/9
+        0.8
     """
     check_scheme(scheme, "importance_resampling")
     if num_samples is not None:

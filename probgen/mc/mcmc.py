@@ -8,8 +8,10 @@
   (Gibbs-style regeneration), accepted with the Metropolis–Hastings ratio
   ``p(rest | new) / p(rest | old)`` (the prior terms cancel against the proposal).
 
-Gradients come from ``jax.grad`` of the GF's ``assess`` with respect to the selected
-values. The position-level proposals (``*_proposal``) are reused by tempered SMC.
+Each factory returns a kernel with ``init(trace) -> trace`` (the state is the trace
+itself) and ``step(key, trace) -> (trace, MCMCInfo)``. Gradients come from ``jax.grad`` of
+the GF's ``assess`` with respect to the selected values. The position-level proposals
+(``*_proposal``) and the accept step (:func:`mh_accept`) are reused by tempered SMC.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, Selection, as_selection, format_address
-from probgen.core.errors import ConstraintError, SettingError
+from probgen.core.errors import ArgumentError, ConstraintError, SettingError
 from probgen.core.trace import Trace
 from probgen.kernels import Kernel
 
@@ -30,27 +32,51 @@ class MCMCInfo(NamedTuple):
     """Diagnostics of one MCMC move.
 
     Attributes:
-      acceptance_prob: ``min(1, exp(log_alpha))``.
+      acceptance_rate: the acceptance probability ``min(1, exp(log_alpha))`` of this move
+        (its mean over moves estimates the sampler's acceptance rate).
       accepted: whether the proposal was accepted.
     """
 
-    acceptance_prob: jax.Array
+    acceptance_rate: jax.Array
     accepted: jax.Array
 
 
-def _where(flag, new, old):
-    return jax.tree.map(lambda a, b: jnp.where(flag, a, b), new, old)
+def mh_accept(key: jax.Array, log_alpha: jax.Array, proposed, current):
+    """The Metropolis–Hastings accept step: ``proposed`` with probability ``min(1, exp(log_alpha))``.
 
+    A NaN ``log_alpha`` (a proposal where the density is undefined) is a rejection.
 
-def _accept(key, log_alpha):
+    Args:
+      key: PRNG key of the uniform draw.
+      log_alpha: the scalar log acceptance ratio.
+      proposed: the proposed state (any pytree).
+      current: the current state, of the same structure.
+
+    Returns:
+      ``(state, MCMCInfo)``: the proposed or the current state, leaf by leaf, and the
+      move's acceptance probability (in ``log_alpha``'s dtype) and decision.
+
+    Example:
+        >>> import jax, jax.numpy as jnp
+        >>> from probgen.mc.mcmc import mh_accept
+        >>> state, info = mh_accept(jax.random.key(0), jnp.asarray(jnp.nan), jnp.ones(2), jnp.zeros(2))
+        >>> state.tolist(), float(info.acceptance_rate), bool(info.accepted)
+        ([0.0, 0.0], 0.0, False)
+    """
     log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
     accepted = jnp.log(jax.random.uniform(key)) < log_alpha
-    return accepted, MCMCInfo(jnp.exp(jnp.minimum(log_alpha, 0.0)), accepted)
+    state = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), proposed, current)
+    return state, MCMCInfo(jnp.exp(jnp.minimum(log_alpha, 0.0)), accepted)
+
+
+def _check_trace(trace, where: str, what: str = "the state") -> None:
+    if not isinstance(trace, Trace):
+        raise ArgumentError(f"{where}: {what} must be a pg.Trace (the kernel's init(trace) returns the "
+                            f"state), got {type(trace).__name__}")
 
 
 def _selected(trace: Trace, selection: Selection, where: str, continuous: bool) -> ChoiceMap:
-    if not isinstance(trace, Trace):
-        raise TypeError(f"{where}: the state must be a pg.Trace (run init(trace)), got {type(trace).__name__}")
+    _check_trace(trace, where)
     values = trace.choices.filter(selection)
     if values.is_empty():
         available = ", ".join(format_address(a) for a in trace.choices.addresses()) or "none"
@@ -61,9 +87,10 @@ def _selected(trace: Trace, selection: Selection, where: str, continuous: bool) 
     if continuous:
         for address, value in values.to_dict().items():
             if not jnp.issubdtype(jnp.result_type(value), jnp.floating):
-                raise TypeError(
-                    f"{where}: address {format_address(address)!r} holds {jnp.result_type(value)} values; "
-                    "gradient-based moves need continuous (floating) choices; use mh or regenerate"
+                raise ArgumentError(
+                    f"{where}: the selection's address {format_address(address)!r} holds "
+                    f"{jnp.result_type(value)} values; "
+                    "this move needs continuous (floating) choices; use pg.mc.regenerate for discrete ones"
                 )
     return values
 
@@ -181,6 +208,31 @@ def _check_step_size(step_size, where):
         raise SettingError(f"{where}: step_size must be positive, got {step_size!r}")
 
 
+def _init_trace(where):
+    def init(trace: Trace) -> Trace:
+        _check_trace(trace, f"{where}.init", "the starting position")
+        return trace
+
+    return init
+
+
+def _trace_move(where: str, selection, propose: Callable) -> Kernel:
+    """An MH kernel over traces moving the selected continuous choices.
+
+    ``propose(key, values, logdensity) -> (proposed_values, log_alpha)``; a ``log_alpha``
+    of ``None`` means a symmetric proposal, accepted on the weight of the GF's ``update``.
+    """
+
+    def step(key, trace):
+        values = _selected(trace, selection, where, continuous=True)
+        k_prop, k_update, k_accept = jax.random.split(key, 3)
+        proposed, log_alpha = propose(k_prop, values, _trace_logdensity(trace))
+        new_trace, log_weight, _ = trace.gf.update(k_update, trace, proposed)
+        return mh_accept(k_accept, log_weight if log_alpha is None else log_alpha, new_trace, trace)
+
+    return Kernel(init=_init_trace(where), step=step)
+
+
 def mh(selection, scale: float = 1.0) -> Kernel:
     """Random-walk Metropolis–Hastings on the selected (continuous) choices of a trace.
 
@@ -193,15 +245,15 @@ def mh(selection, scale: float = 1.0) -> Kernel:
       scale: the random-walk standard deviation.
 
     Returns:
-      A kernel with ``init(trace) -> trace`` and ``step(key, trace) -> (trace, MCMCInfo)``.
+      A random-walk MH :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
 
     Example:
         >>> import jax, probgen as pg
         >>> @pg.gen
-        ... def model():
+        ... def measured(noise):
         ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> trace, _ = model.generate(jax.random.key(0), {"x": 1.0})
+        ...     return pg.sample("x", pg.Normal(z, noise))
+        >>> trace, _ = measured.generate(jax.random.key(0), {"x": 1.0}, 0.5)
         >>> kernel = pg.mc.mh(pg.select("z"), scale=0.5)
         >>> final, info = pg.run(kernel, jax.random.key(1), kernel.init(trace), 100)
         >>> float(final["x"])
@@ -209,16 +261,7 @@ def mh(selection, scale: float = 1.0) -> Kernel:
     """
     selection = as_selection(selection)
     _check_step_size(scale, "mh")
-
-    def step(key, trace):
-        values = _selected(trace, selection, "mh", continuous=True)
-        k_prop, k_update, k_accept = jax.random.split(key, 3)
-        proposed = rw_proposal(k_prop, values, scale)
-        new_trace, log_weight, _ = trace.gf.update(k_update, trace, proposed)
-        accepted, info = _accept(k_accept, log_weight)
-        return _where(accepted, new_trace, trace), info
-
-    return Kernel(init=_init_trace("mh"), step=step)
+    return _trace_move("mh", selection, lambda key, values, _: (rw_proposal(key, values, scale), None))
 
 
 def mala(selection, step_size: float) -> Kernel:
@@ -229,35 +272,26 @@ def mala(selection, step_size: float) -> Kernel:
       step_size: the Langevin step ``eps`` (proposal variance ``2 eps``).
 
     Returns:
-      A kernel with ``init(trace) -> trace`` and ``step(key, trace) -> (trace, MCMCInfo)``.
+      A MALA :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
 
     Example:
-        >>> import jax, probgen as pg
+        >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def model():
-        ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> trace, _ = model.generate(jax.random.key(0), {"x": 1.0})
+        ... def gaussian(mean):
+        ...     return pg.sample("z", pg.Normal(mean, jnp.ones(3)))
+        >>> trace = gaussian.simulate(jax.random.key(0), jnp.zeros(3))
         >>> kernel = pg.mc.mala(pg.select("z"), step_size=0.3)
-        >>> final, info = pg.run(kernel, jax.random.key(1), kernel.init(trace), 50)
-        >>> info.accepted.shape
-        ()
+        >>> _, (_, infos) = pg.run(kernel, jax.random.key(1), kernel.init(trace), 200, keep="all")
+        >>> bool(0.5 < infos.acceptance_rate.mean() <= 1.0)
+        True
 
     Reference: Roberts & Tweedie, "Exponential convergence of Langevin distributions
     and their discrete approximations", Bernoulli 1996.
     """
     selection = as_selection(selection)
     _check_step_size(step_size, "mala")
-
-    def step(key, trace):
-        values = _selected(trace, selection, "mala", continuous=True)
-        k_prop, k_update, k_accept = jax.random.split(key, 3)
-        proposed, log_alpha = mala_proposal(k_prop, values, _trace_logdensity(trace), step_size)
-        new_trace, _, _ = trace.gf.update(k_update, trace, proposed)
-        accepted, info = _accept(k_accept, log_alpha)
-        return _where(accepted, new_trace, trace), info
-
-    return Kernel(init=_init_trace("mala"), step=step)
+    return _trace_move("mala", selection,
+                       lambda key, values, logdensity: mala_proposal(key, values, logdensity, step_size))
 
 
 def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
@@ -272,36 +306,28 @@ def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
       num_leapfrog_steps: a static positive int.
 
     Returns:
-      A kernel with ``init(trace) -> trace`` and ``step(key, trace) -> (trace, MCMCInfo)``.
+      An HMC :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def model():
-        ...     z = pg.sample("z", pg.Normal(jnp.zeros(2), 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> trace, _ = model.generate(jax.random.key(0), {"x": jnp.ones(2)})
-        >>> kernel = pg.mc.hmc(pg.select("z"), step_size=0.2, num_leapfrog_steps=10)
+        ... def regression(inputs):
+        ...     w = pg.sample("w", pg.Normal(jnp.zeros(2), 1.0))
+        ...     pg.sample("ys", pg.Normal(inputs @ w, 0.5))
+        >>> inputs = jnp.array([[1.0, 0.0], [1.0, 1.0], [1.0, 2.0]])
+        >>> trace, _ = regression.generate(jax.random.key(0), {"ys": jnp.array([0.0, 1.0, 2.0])}, inputs)
+        >>> kernel = pg.mc.hmc(pg.select("w"), step_size=0.2, num_leapfrog_steps=10)
         >>> final, info = pg.run(kernel, jax.random.key(1), kernel.init(trace), 20)
-        >>> final["z"].shape
-        (2,)
+        >>> final["w"].shape, info.acceptance_rate.shape
+        ((2,), ())
 
     Reference: Neal, "MCMC using Hamiltonian dynamics", Handbook of MCMC, 2011.
     """
     selection = as_selection(selection)
     _check_step_size(step_size, "hmc")
     num_leapfrog_steps = static_int(num_leapfrog_steps, "num_leapfrog_steps", "hmc")
-
-    def step(key, trace):
-        values = _selected(trace, selection, "hmc", continuous=True)
-        k_prop, k_update, k_accept = jax.random.split(key, 3)
-        proposed, log_alpha = hmc_proposal(k_prop, values, _trace_logdensity(trace), step_size,
-                                           num_leapfrog_steps)
-        new_trace, _, _ = trace.gf.update(k_update, trace, proposed)
-        accepted, info = _accept(k_accept, log_alpha)
-        return _where(accepted, new_trace, trace), info
-
-    return Kernel(init=_init_trace("hmc"), step=step)
+    return _trace_move("hmc", selection, lambda key, values, logdensity: hmc_proposal(
+        key, values, logdensity, step_size, num_leapfrog_steps))
 
 
 def regenerate(selection) -> Kernel:
@@ -318,15 +344,15 @@ def regenerate(selection) -> Kernel:
       selection: a ``pg.Selection`` or addresses.
 
     Returns:
-      A kernel with ``init(trace) -> trace`` and ``step(key, trace) -> (trace, MCMCInfo)``.
+      A regeneration :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
 
     Example:
         >>> import jax, probgen as pg
         >>> @pg.gen
-        ... def model():
+        ... def switch_model():
         ...     z = pg.sample("z", pg.Bernoulli(probs=0.5))
         ...     return pg.sample("x", pg.Normal(2.0 * z, 1.0))
-        >>> trace, _ = model.generate(jax.random.key(0), {"x": 2.0})
+        >>> trace, _ = switch_model.generate(jax.random.key(0), {"x": 2.0})
         >>> kernel = pg.mc.regenerate(pg.select("z"))
         >>> final, info = pg.run(kernel, jax.random.key(1), kernel.init(trace), 10)
         >>> float(final["x"])
@@ -338,16 +364,6 @@ def regenerate(selection) -> Kernel:
         _selected(trace, selection, "regenerate", continuous=False)
         k_gen, k_accept = jax.random.split(key)
         new_trace, log_alpha = trace.gf.regenerate(k_gen, trace, selection)
-        accepted, info = _accept(k_accept, log_alpha)
-        return _where(accepted, new_trace, trace), info
+        return mh_accept(k_accept, log_alpha, new_trace, trace)
 
     return Kernel(init=_init_trace("regenerate"), step=step)
-
-
-def _init_trace(where):
-    def init(trace: Trace) -> Trace:
-        if not isinstance(trace, Trace):
-            raise TypeError(f"{where}.init expects a pg.Trace, got {type(trace).__name__}")
-        return trace
-
-    return init

@@ -1,11 +1,9 @@
-"""Partial log densities of a trace: the sum over some of its sites, by replaying the rest.
+"""Partial log densities of a trace: the sum over some of its sites, the others held fixed.
 
-``generate`` weighs only the constrained sites. Running it with some choices constrained
-and the others *replayed* (an interceptor hands back their recorded values instead of
-drawing) gives the log density of just the constrained sites at the recorded values:
-the log likelihood of a tempered target, or the reverse weight of a regeneration move.
-Replay works for sites that are not inside a ``vmap``/``scan``/``repeat`` combinator
-(those see one element at a time); such sites raise a clear error.
+``generate`` with every choice given scores the whole trace; :meth:`project
+<probgen.core.gfi.GenerativeFunction.project>` then sums the per-site scores of the sites
+of interest: the log likelihood of a tempered target, or the reverse weight of a
+regeneration move. Works for sites inside any combinator.
 """
 
 from __future__ import annotations
@@ -14,29 +12,8 @@ from typing import Any
 
 import jax
 
-from probgen.core import handlers
-from probgen.core.choicemap import ChoiceMap, Selection, format_address
+from probgen.core.choicemap import ChoiceMap, Selection, as_choicemap, as_selection
 from probgen.core.gfi import GenerativeFunction
-
-
-class _Replay(handlers.Interceptor):
-    """Interceptor returning recorded values at the given full addresses."""
-
-    def __init__(self, values: dict, gf_name: str):
-        self.values = values
-        self.gf_name = gf_name
-
-    def draw(self, site, key):
-        if site.address not in self.values:
-            return None
-        if site.combinators:
-            raise NotImplementedError(
-                f"{self.gf_name}: address {format_address(site.address)!r} sits inside a "
-                f"{'/'.join(site.combinators)} combinator; this operation replays recorded values and "
-                "supports latent sites outside vmap/scan/repeat only (make that latent a single "
-                "vector-valued site, or keep it out of the selection)"
-            )
-        return self.values[site.address], {}
 
 
 def replay_generate(gf: GenerativeFunction, choices: ChoiceMap, replayed: Selection, *args: Any):
@@ -50,19 +27,20 @@ def replay_generate(gf: GenerativeFunction, choices: ChoiceMap, replayed: Select
 
     Returns:
       ``(trace, weight)``: ``trace.score`` is the full log joint of ``choices`` and
-      ``weight`` the sum of log densities of the non-replayed sites.
+      ``weight`` the sum of log densities of the non-replayed sites
+      (``gf.project(trace, replayed.complement())``).
 
     Example:
-        >>> import jax, probgen as pg
+        >>> import jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def model():
-        ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 1.0))
-        >>> _, log_lik = pg.mc.replay_generate(model, pg.ChoiceMap({"z": 0.0, "x": 0.0}), pg.select("z"))
-        >>> round(float(log_lik), 4)
-        -0.9189
+        ... def point(mean):
+        ...     z = pg.sample("z", pg.Normal(mean, 1.0))
+        ...     pg.sample("x", pg.Normal(z, 1.0))
+        >>> choices = pg.ChoiceMap({"z": jnp.zeros(3), "x": jnp.zeros(3)})
+        >>> _, log_lik = pg.mc.replay_generate(pg.vmap(point), choices, pg.select("z"), jnp.zeros(3))
+        >>> round(float(log_lik), 4)  # the three x sites: 3 log N(0; 0, 1)
+        -2.7568
     """
-    kept = choices.filter(replayed.complement())
-    values = choices.filter(replayed).to_dict()
-    with handlers.handle(_Replay(values, gf.__name__)):
-        return gf.generate(jax.random.key(0), kept, *args)
+    # Every choice is given, so generate draws nothing: the key is never used.
+    trace, _ = gf.generate(jax.random.key(0), as_choicemap(choices), *args)
+    return trace, gf.project(trace, as_selection(replayed).complement())

@@ -35,12 +35,12 @@ from probgen.mc.checks import concrete_value
 SCHEMES = ("multinomial", "stratified", "systematic", "residual")
 
 
-def normalize(log_weights: jax.Array) -> jax.Array:
-    """Normalized weights ``w_i = exp(lw_i) / sum_j exp(lw_j)``.
+def normalize_weights(log_weights: jax.Array) -> jax.Array:
+    """Normalized weights ``w_i = exp(lw_i) / sum_j exp(lw_j)`` of (unnormalized) log weights.
 
     Example:
         >>> import jax.numpy as jnp, probgen as pg
-        >>> pg.mc.normalize(jnp.log(jnp.array([1.0, 3.0]))).round(6).tolist()
+        >>> pg.mc.normalize_weights(jnp.log(jnp.array([1.0, 3.0]))).round(6).tolist()
         [0.25, 0.75]
     """
     return jnp.exp(log_weights - _logsumexp(log_weights))
@@ -54,14 +54,14 @@ def ess(log_weights: jax.Array) -> jax.Array:
         >>> round(float(pg.mc.ess(jnp.zeros(8))), 6)
         8.0
     """
-    w = normalize(log_weights)
+    w = normalize_weights(log_weights)
     return 1.0 / _pairwise_sum(w**2)
 
 
 def _check_log_weights(log_weights: jax.Array, where: str) -> None:
     """``log_weights`` must be a vector; under ``pg.validate``, one with something to resample."""
     if jnp.ndim(log_weights) != 1:
-        raise ValueError(f"{where} expects log_weights of shape (N,), got {jnp.shape(log_weights)}")
+        raise SettingError(f"{where}: log_weights must have shape (N,), got {jnp.shape(log_weights)}")
     check(
         jnp.any(log_weights > -jnp.inf) & ~jnp.any(jnp.isnan(log_weights) | (log_weights == jnp.inf)),
         f"{where}: log_weights must hold at least one finite value and no NaN or +inf "
@@ -74,7 +74,7 @@ def _weights(log_weights: jax.Array, num_samples, where: str) -> tuple[jax.Array
     """Checked normalized weights and the static sample count of one scheme call."""
     num_samples = static_int(num_samples, "num_samples", where)
     _check_log_weights(log_weights, where)
-    return normalize(log_weights), num_samples
+    return normalize_weights(log_weights), num_samples
 
 
 def _from_uniforms(weights: jax.Array, uniforms: jax.Array) -> jax.Array:
@@ -111,6 +111,12 @@ def multinomial(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax
     return _from_uniforms(w, jax.random.uniform(key, (num_samples,), w.dtype))
 
 
+def _stratified_points(key: jax.Array, num_samples: int, dtype, offset_shape: tuple) -> jax.Array:
+    """``(i + u_i) / n`` for the strata ``i < n``: one uniform per stratum, or one shared (shape ``()``)."""
+    strata = jnp.arange(num_samples, dtype=dtype)
+    return (strata + jax.random.uniform(key, offset_shape, dtype)) / num_samples
+
+
 def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
     """One uniform per stratum ``[i/n, (i+1)/n)``.
 
@@ -120,8 +126,7 @@ def stratified(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.
         [0, 0, 1, 1]
     """
     w, num_samples = _weights(log_weights, num_samples, "stratified")
-    strata = jnp.arange(num_samples, dtype=w.dtype)
-    return _from_uniforms(w, (strata + jax.random.uniform(key, (num_samples,), w.dtype)) / num_samples)
+    return _from_uniforms(w, _stratified_points(key, num_samples, w.dtype, (num_samples,)))
 
 
 def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
@@ -129,12 +134,12 @@ def systematic(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
-        >>> pg.mc.systematic(jax.random.key(0), jnp.log(jnp.array([0.25, 0.75])), 4).tolist()
-        [0, 1, 1, 1]
+        >>> ancestors = pg.mc.systematic(jax.random.key(0), jnp.log(jnp.array([0.25, 0.75])), 4)
+        >>> jnp.bincount(ancestors, length=2).tolist()  # exactly n w_i copies when those are integers
+        [1, 3]
     """
     w, num_samples = _weights(log_weights, num_samples, "systematic")
-    strata = jnp.arange(num_samples, dtype=w.dtype)
-    return _from_uniforms(w, (strata + jax.random.uniform(key, (), w.dtype)) / num_samples)
+    return _from_uniforms(w, _stratified_points(key, num_samples, w.dtype, ()))
 
 
 def residual(key: jax.Array, log_weights: jax.Array, num_samples: int) -> jax.Array:
@@ -181,21 +186,34 @@ def _is_real_scalar(value) -> bool:
             and (jnp.issubdtype(value.dtype, jnp.floating) or jnp.issubdtype(value.dtype, jnp.integer)))
 
 
-def check_ess_threshold(ess_threshold, where: str, name: str = "ess_threshold") -> None:
-    """A threshold must be a real number in ``(0, 1]``: a Python or NumPy number or a scalar array.
+def check_ess_threshold(ess_threshold, where: str, name: str = "ess_threshold", allow_zero: bool = True) -> None:
+    """An ESS fraction must be a real number in ``[0, 1]``: a Python or NumPy number or a scalar array.
 
-    Numbers and concrete arrays are checked now; a traced array (e.g. under ``vmap`` over
-    thresholds) is checked at run time under :func:`pg.validate`. Anything else, or a
-    value out of range, is a :class:`SettingError` naming ``name``.
+    For a resampling threshold, ``0`` never resamples and ``1`` resamples at every step.
+    ``allow_zero=False`` asks for ``(0, 1]`` (a tempering target ESS of 0 would skip the
+    tempering). Numbers and concrete arrays are checked now; a traced array (e.g. under
+    ``vmap`` over thresholds) is checked at run time under :func:`pg.validate`. Anything
+    else, or a value out of range, is a :class:`SettingError` naming ``where`` and ``name``.
+
+    Example:
+        >>> from probgen.mc.resampling import check_ess_threshold
+        >>> check_ess_threshold(0.0, "my_filter")  # never resample: fine
+        >>> try:
+        ...     check_ess_threshold(1.5, "my_filter")
+        ... except ValueError as e:
+        ...     print(e)
+        my_filter: ess_threshold must lie in [0, 1] (a fraction of the particle count; ...), got 1.5
     """
+    interval = "[0, 1]" if allow_zero else "(0, 1]"
     if not _is_real_scalar(ess_threshold):
-        raise SettingError(f"{where}: {name} must be a float in (0, 1], got {ess_threshold!r}")
-    message = (f"{where}: {name} must lie in (0, 1] (a fraction of the particle count; "
-               f"1.0 resamples at every step), got {{value}}")
+        raise SettingError(f"{where}: {name} must be a float in {interval}, got {ess_threshold!r}")
+    meaning = "; 0 never resamples, 1 resamples at every step" if allow_zero else ""
+    message = f"{where}: {name} must lie in {interval} (a fraction of the particle count{meaning}), got {{value}}"
     value = concrete_value(ess_threshold)
     if value is None:
-        check((ess_threshold > 0) & (ess_threshold <= 1), message, value=ess_threshold)
-    elif not 0.0 < float(value) <= 1.0:
+        above = (ess_threshold >= 0) if allow_zero else (ess_threshold > 0)
+        check(above & (ess_threshold <= 1), message, value=ess_threshold)
+    elif not (0.0 <= float(value) <= 1.0 and (allow_zero or float(value) > 0.0)):
         raise SettingError(message.format(value=repr(ess_threshold)))
 
 
@@ -241,8 +259,9 @@ def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_thresh
       key: PRNG key.
       particles: a pytree whose leaves have a leading particle axis of size ``N``.
       log_weights: shape ``(N,)``.
-      ess_threshold: fraction in ``(0, 1]`` (a number, or a scalar float array, e.g. to
-        ``vmap`` over thresholds); ``1.0`` resamples at every call.
+      ess_threshold: fraction in ``[0, 1]`` (a number, or a scalar float array, e.g. to
+        ``vmap`` over thresholds); ``0`` never resamples (plain sequential importance
+        sampling; a concrete 0 skips the draw altogether) and ``1`` resamples at every call.
       scheme: ``"multinomial"``, ``"stratified"``, ``"systematic"`` or ``"residual"``.
 
     Returns:
@@ -262,15 +281,21 @@ def maybe_resample(key: jax.Array, particles, log_weights: jax.Array, ess_thresh
     num = log_weights.shape[0]
     for leaf in jax.tree.leaves(particles):
         if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num:
-            raise ValueError(
-                f"maybe_resample: every particle leaf needs a leading axis of size {num} "
+            raise SettingError(
+                f"maybe_resample: every leaf of particles needs a leading axis of size {num} "
                 f"(the number of log weights), got a leaf of shape {jnp.shape(leaf)}"
             )
+    identity = jnp.arange(num, dtype=jnp.int32)
+    known = concrete_value(ess_threshold)
+    if known is not None and float(known) == 0.0:
+        return particles, log_weights, jnp.asarray(False), identity
     stopped = jax.lax.stop_gradient(log_weights)
-    # ESS <= N only up to rounding, so a threshold of 1 resamples by fiat, not by comparison.
-    resampled = (ess(stopped) < ess_threshold * num) | (jnp.asarray(ess_threshold) >= 1.0)
+    threshold = jnp.asarray(ess_threshold)
+    # ESS <= N only up to rounding, so a threshold of 1 resamples by fiat, not by comparison;
+    # a threshold of 0 never does (not even on NaN weights, whose ESS compares False anyway).
+    resampled = ((ess(stopped) < threshold * num) & (threshold > 0)) | (threshold >= 1.0)
     drawn = resample(key, stopped, num, scheme)
-    ancestors = jnp.where(resampled, drawn, jnp.arange(num, dtype=drawn.dtype))
+    ancestors = jnp.where(resampled, drawn, identity.astype(drawn.dtype))
     particles = jax.tree.map(lambda leaf: jnp.take(leaf, ancestors, axis=0), particles)
     mean_weight = log_mean_exp(log_weights)
     log_weights = jnp.where(resampled, jnp.full_like(log_weights, mean_weight), log_weights)

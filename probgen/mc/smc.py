@@ -1,7 +1,8 @@
 """Sequential Monte Carlo over ``pg.scan`` state-space models (particle filters).
 
-The SMC kernel's ``step`` advances every particle one time step of the scan model:
-resample when the ESS is low (:func:`pg.mc.maybe_resample`), propose the step's
+The SMC kernel (:func:`particle_filter`) starts every particle from the scan's initial
+carry (``init(init_carry)``); each ``step`` advances every particle one time step of the
+scan model: resample when the ESS is low (:func:`pg.mc.maybe_resample`), propose the step's
 latents (from the model's own transition: bootstrap; or from a proposal GF), weight with
 the step's log density, then optionally rejuvenate with an MCMC kernel on the step's
 trace. Particles live in arrays with a leading particle axis; one ``lax.scan`` runs time.
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.combinators import Scan
-from probgen.core.errors import SettingError
+from probgen.core.errors import ArgumentError, ConstraintError, SettingError
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.validation import check
 from probgen.kernels import Kernel, run
@@ -56,13 +57,13 @@ class SMCInfo(NamedTuple):
       ess: effective sample size of the weights before the resampling decision.
       resampled: whether this step resampled.
       ancestors: ``(N,)`` ancestor indices (``arange(N)`` when not resampled).
-      acceptance: mean acceptance probability of the rejuvenation moves (0 without).
+      acceptance_rate: mean acceptance probability of the rejuvenation moves (0 without).
     """
 
     ess: jax.Array
     resampled: jax.Array
     ancestors: jax.Array
-    acceptance: jax.Array
+    acceptance_rate: jax.Array
 
 
 class SMCResult(NamedTuple):
@@ -88,25 +89,28 @@ def _at(tree, t):
     return jax.tree.map(lambda v: jax.lax.dynamic_index_in_dim(v, t, 0, keepdims=False), tree)
 
 
-def _check_settings(model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps,
+def _check_settings(model, num_particles, proposal, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps,
                     where: str) -> tuple[int, int]:
     if not isinstance(model, Scan):
-        raise TypeError(
+        raise ArgumentError(
             f"{where}: model must be a pg.scan(...) state-space model, got {type(model).__name__}; "
             "for a static model use pg.mc.importance_sampling or pg.mc.tempered_smc"
         )
     num_particles = check_num_particles(num_particles, where)
+    if proposal is not None:
+        check_gf(proposal, "proposal", where)
     check_ess_threshold(ess_threshold, where)
     check_scheme(scheme, where)
     if rejuvenation is not None and not isinstance(rejuvenation, Kernel):
-        raise TypeError(f"{where}: rejuvenation must be a pg.Kernel over traces (e.g. pg.mc.mh(...))")
+        raise ArgumentError(f"{where}: rejuvenation must be a pg.Kernel over traces (e.g. pg.mc.mh(...)), "
+                            f"got {type(rejuvenation).__name__}")
     return num_particles, static_int(num_rejuvenation_steps, "num_rejuvenation_steps", where)
 
 
 def _check_observations(observations: ChoiceMap, num_steps: int, where: str) -> None:
     for address, value in observations.to_dict().items():
         if jnp.ndim(value) == 0 or jnp.shape(value)[0] != num_steps:
-            raise ValueError(
+            raise ConstraintError(
                 f"{where}: observations at {format_address(address)!r} need a leading time axis of "
                 f"size {num_steps}, got shape {jnp.shape(value)}"
             )
@@ -131,16 +135,15 @@ def _step_layout(model: Scan, propose: Callable, proposal, proposal_args, init_c
     ``init_carry`` in the dtypes the step returns (so the time scan's carry types agree)."""
     step_gf, key = model.kernel, jax.random.key(0)
     if proposal is not None:
-        check_gf(proposal, "proposal", where)
         proposed = jax.eval_shape(lambda k: proposal.simulate(k, init_carry, x0, obs0, *proposal_args).choices, key)
         model_choices = jax.eval_shape(lambda k: step_gf.generate(k, obs0, init_carry, x0)[0].choices, key)
         check_proposal_covers(proposed, model_choices, obs0, step_gf.__name__, proposal.__name__, where)
     trace, log_increment = jax.eval_shape(lambda k: propose(k, init_carry, x0, obs0), key)
     if not (isinstance(trace.retval, tuple) and len(trace.retval) == 2):
-        raise TypeError(f"{where}: the kernel of {model.__name__} must return a (carry, output) pair")
+        raise ArgumentError(f"{where}: the kernel of {model.__name__} must return a (carry, output) pair")
     carry_out = trace.retval[0]
     if jax.tree.structure(carry_out) != jax.tree.structure(init_carry):
-        raise TypeError(
+        raise ArgumentError(
             f"{where}: the kernel of {model.__name__} returns a carry of structure "
             f"{jax.tree.structure(carry_out)}, but init_carry has structure {jax.tree.structure(init_carry)}"
         )
@@ -148,18 +151,16 @@ def _step_layout(model: Scan, propose: Callable, proposal, proposal_args, init_c
     return trace.choices, log_increment.dtype, init_carry
 
 
-def _rejuvenator(rejuvenation: Kernel, num_moves: int, num_particles: int, dtype) -> Callable:
-    """``rejuvenate(key, traces) -> (traces, mean acceptance)`` over the particle axis."""
+def _rejuvenate(rejuvenation: Kernel, num_moves: int, key: jax.Array, traces, dtype):
+    """Move every particle's step trace ``num_moves`` times: ``(traces, mean acceptance rate)``."""
 
     def move_one(key, trace):
         trace, info = run(rejuvenation, key, trace, num_moves)
-        return trace, jnp.asarray(getattr(info, "acceptance_prob", jnp.nan), dtype)
+        return trace, jnp.asarray(getattr(info, "acceptance_rate", jnp.nan), dtype)
 
-    def rejuvenate(key, traces):
-        traces, acceptance = jax.vmap(move_one)(jax.random.split(key, num_particles), traces)
-        return traces, jnp.mean(acceptance)
-
-    return rejuvenate
+    num_particles = jax.tree.leaves(traces)[0].shape[0]
+    traces, rates = jax.vmap(move_one)(jax.random.split(key, num_particles), traces)
+    return traces, jnp.mean(rates)
 
 
 def _check_within_horizon(step: jax.Array, num_steps: int, where: str) -> jax.Array:
@@ -177,7 +178,7 @@ def _check_within_horizon(step: jax.Array, num_steps: int, where: str) -> jax.Ar
     return within
 
 
-def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_particles: int,
+def particle_filter(model: Scan, observations, *, xs=None, num_particles: int,
                     proposal: GenerativeFunction | None = None, proposal_args: tuple = (),
                     ess_threshold: float = 0.5, scheme: str = "systematic",
                     rejuvenation: Kernel | None = None, num_rejuvenation_steps: int = 1) -> Kernel:
@@ -187,14 +188,14 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
       model: a ``pg.scan(kernel_gf)`` model; ``kernel_gf(carry, x) -> (carry, y)``.
       observations: a ``ChoiceMap``/dict of the kernel's observed addresses, each with a
         leading time axis (as in the scan's own choices).
-      init_carry: the scan's initial carry (shared by all particles).
       xs: the scan's per-step inputs (leading time axis) or None.
       num_particles: a static positive int.
       proposal: optional proposal GF called as
         ``proposal(carry, x_t, observations_t, *proposal_args)``; it must propose every
         latent address of the kernel. Default: bootstrap (the model's transition).
       proposal_args: extra proposal arguments (parameters), shared over time.
-      ess_threshold: resample when ESS < ``ess_threshold * N``; in ``(0, 1]``, 1.0 = always.
+      ess_threshold: resample when ESS < ``ess_threshold * N``; in ``[0, 1]``, 0 = never
+        (sequential importance sampling), 1 = always.
       scheme: resampling scheme (``"multinomial"``, ``"stratified"``, ``"systematic"``,
         ``"residual"``).
       rejuvenation: optional MCMC kernel on a step trace (``pg.mc.mh``, ``mala``, ``hmc``,
@@ -203,38 +204,44 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
       num_rejuvenation_steps: how many rejuvenation moves per time step.
 
     Returns:
-      A kernel: ``init() -> ParticleState``, ``step(key, state) -> (state, SMCInfo)``.
-      Drive it for at most ``T`` steps (the observations' length): stepping a known
-      state past ``T`` raises a ``SettingError``; under ``jit`` the weights of such a
-      step are NaN, and under :func:`pg.validate` it raises a ``ValidationError``.
+      A kernel: ``init(init_carry) -> ParticleState`` starts every particle from the
+      scan's initial carry (checking the proposal and the carry's structure);
+      ``step(key, state) -> (state, SMCInfo)``. Drive it for at most ``T`` steps (the
+      observations' length): stepping a known state past ``T`` raises a
+      ``SettingError``; under ``jit`` the weights of such a step are NaN, and under
+      :func:`pg.validate` it raises a ``ValidationError``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def step(z, _):
-        ...     z = pg.sample("z", pg.Normal(0.9 * z, 1.0))
-        ...     pg.sample("y", pg.Normal(z, 0.5))
-        ...     return z, None
-        >>> model = pg.scan(step, length=20)
-        >>> pf = pg.mc.particle_filter(model, {"y": jnp.zeros(20)}, 0.0, num_particles=100)
-        >>> state, info = pg.run(pf, jax.random.key(0), pf.init(), 20)
-        >>> state.log_weights.shape
-        (100,)
+        ... def tracker(position, velocity):
+        ...     position = position + velocity + pg.sample("jitter", pg.Normal(0.0, 0.3))
+        ...     return position, pg.sample("reading", pg.Normal(position, 1.0))
+        >>> readings = {"reading": jnp.arange(20.0)}
+        >>> pf = pg.mc.particle_filter(pg.scan(tracker), readings, xs=jnp.ones(20), num_particles=100)
+        >>> state, info = pg.run(pf, jax.random.key(0), pf.init(0.0), 20)
+        >>> state.log_weights.shape, info.ess.shape
+        ((100,), ())
     """
-    where = "particle_filter"
+    return _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
+                            scheme, rejuvenation, num_rejuvenation_steps, "particle_filter")
+
+
+def _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold, scheme,
+                     rejuvenation, num_rejuvenation_steps, where: str) -> Kernel:
+    """:func:`particle_filter`, with errors naming ``where`` (the public function called)."""
     num_particles, num_rejuvenation_steps = _check_settings(
-        model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, where)
+        model, num_particles, proposal, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, where)
     observations = as_choicemap(observations)
     num_steps = model._length(xs)
     _check_observations(observations, num_steps, where)
     proposal_args = tuple(proposal_args)
     propose = _proposer(model.kernel, proposal, proposal_args)
-    choices_layout, dtype, init_carry = _step_layout(
-        model, propose, proposal, proposal_args, jax.tree.map(jnp.asarray, init_carry),
-        _at(xs, 0), _at(observations, 0), where)
-    rejuvenate = None if rejuvenation is None else _rejuvenator(rejuvenation, num_rejuvenation_steps, num_particles, dtype)
 
-    def init() -> ParticleState:
+    def init(init_carry) -> ParticleState:
+        choices_layout, dtype, init_carry = _step_layout(
+            model, propose, proposal, proposal_args, jax.tree.map(jnp.asarray, init_carry),
+            _at(xs, 0), _at(observations, 0), where)
         carry = jax.tree.map(lambda c: jnp.broadcast_to(c, (num_particles,) + jnp.shape(c)), init_carry)
         choices = jax.tree.map(lambda s: jnp.zeros((num_particles,) + s.shape, s.dtype), choices_layout)
         return ParticleState(carry, choices, jnp.zeros((num_particles,), dtype), jnp.zeros((), dtype),
@@ -242,6 +249,7 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
 
     def step(key, state: ParticleState):
         within = _check_within_horizon(state.step, num_steps, where)
+        dtype = state.log_weights.dtype
         k_resample, k_propose, k_rejuvenate = jax.random.split(key, 3)
         ess_before = ess(state.log_weights)
         # Only the carry is resampled: the step's choices are replaced right below.
@@ -251,16 +259,16 @@ def particle_filter(model: Scan, observations, init_carry, xs=None, *, num_parti
         x_t, obs_t = _at(xs, state.step), _at(observations, state.step)
         keys = jax.random.split(k_propose, num_particles)  # one key per particle: sharding-proof
         traces, log_increments = jax.vmap(lambda k, c: propose(k, c, x_t, obs_t))(keys, carry)
-        acceptance = jnp.zeros((), dtype)
-        if rejuvenate is not None:
-            traces, acceptance = rejuvenate(k_rejuvenate, traces)
+        acceptance_rate = jnp.zeros((), dtype)
+        if rejuvenation is not None:
+            traces, acceptance_rate = _rejuvenate(rejuvenation, num_rejuvenation_steps, k_rejuvenate, traces, dtype)
         # Past the horizon there is no observation left: poison the weights, never reuse the last one.
         log_weights = log_weights + jnp.where(within, log_increments, jnp.nan)
         new_state = ParticleState(
             carry=traces.retval[0], choices=traces.choices, log_weights=log_weights,
             log_evidence=log_mean_exp(log_weights), step=state.step + 1,
         )
-        return new_state, SMCInfo(ess_before, resampled, ancestors, acceptance)
+        return new_state, SMCInfo(ess_before, resampled, ancestors, acceptance_rate)
 
     return Kernel(init=init, step=step, horizon=num_steps)
 
@@ -269,9 +277,11 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
         proposal: GenerativeFunction | None = None, proposal_args: tuple = (),
         ess_threshold: float = 0.5, scheme: str = "systematic", rejuvenation: Kernel | None = None,
         num_rejuvenation_steps: int = 1, keep: str = "all") -> SMCResult:
-    """Run :func:`particle_filter` over every time step (one ``lax.scan``).
+    """Run a :func:`particle_filter` from ``init_carry`` over every time step, in one call.
 
-    Arguments are those of :func:`particle_filter`, plus the PRNG ``key`` and ``keep``:
+    Builds the kernel, starts it with ``init(init_carry)`` and drives it with
+    :func:`pg.run` (one ``lax.scan``). Arguments are those of :func:`particle_filter`,
+    plus the PRNG ``key``, the scan's ``init_carry`` and ``keep``:
     ``"all"`` (default) stores the particles after every step (memory ``T * N``);
     ``"last"`` stores only the final ones (memory independent of ``T``), as in
     :func:`pg.run`; use it when only the evidence or the final filter is needed.
@@ -283,30 +293,23 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def step(z, _):
-        ...     z = pg.sample("z", pg.Normal(0.9 * z, 1.0))
-        ...     pg.sample("y", pg.Normal(z, 0.5))
-        ...     return z, None
-        >>> result = pg.mc.smc(jax.random.key(0), pg.scan(step, length=10), {"y": jnp.zeros(10)},
-        ...                    0.0, num_particles=200)
-        >>> result.states.choices["z"].shape
+        ... def noisy_walk(z, _):
+        ...     z = z + pg.sample("dz", pg.Normal(0.0, 1.0))
+        ...     return z, pg.sample("y", pg.Normal(z, 0.5))
+        >>> walk, ys = pg.scan(noisy_walk, length=10), {"y": jnp.zeros(10)}
+        >>> result = pg.mc.smc(jax.random.key(0), walk, ys, 0.0, num_particles=200)
+        >>> result.states.choices["dz"].shape
         (10, 200)
-        >>> last = pg.mc.smc(jax.random.key(0), pg.scan(step, length=10), {"y": jnp.zeros(10)},
-        ...                  0.0, num_particles=200, keep="last")
+        >>> last = pg.mc.smc(jax.random.key(0), walk, ys, 0.0, num_particles=200, keep="last")
         >>> last.states is None, last.infos.ess.shape
         (True, ())
     """
     if keep not in ("last", "all"):
         raise SettingError(f"smc: keep must be 'last' or 'all', got {keep!r}")
-    _check_settings(model, num_particles, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, "smc")
-    kernel = particle_filter(
-        model, observations, init_carry, xs, num_particles=num_particles, proposal=proposal,
-        proposal_args=proposal_args, ess_threshold=ess_threshold, scheme=scheme,
-        rejuvenation=rejuvenation, num_rejuvenation_steps=num_rejuvenation_steps,
-    )
-    num_steps = model._length(xs)
+    kernel = _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
+                              scheme, rejuvenation, num_rejuvenation_steps, "smc")
     if keep == "last":
-        final, last_info = run(kernel, key, kernel.init(), num_steps, keep="last")
+        final, last_info = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="last")
         return SMCResult(final.log_evidence, final, None, last_info)
-    final, (states, infos) = run(kernel, key, kernel.init(), num_steps, keep="all")
+    final, (states, infos) = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="all")
     return SMCResult(final.log_evidence, final, states, infos)

@@ -20,12 +20,11 @@ import jax.numpy as jnp
 
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address, select
-from probgen.core.errors import SettingError
+from probgen.core.errors import ArgumentError, ConstraintError, MissingChoiceError, SettingError
 from probgen.core.gfi import GenerativeFunction
 from probgen.kernels import Kernel
 from probgen.mc.checks import check_gf, check_num_particles
-from probgen.mc.mcmc import hmc_proposal, mala_proposal, rw_proposal
-from probgen.mc.replay import replay_generate
+from probgen.mc.mcmc import hmc_proposal, mala_proposal, mh_accept, rw_proposal
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, log_mean_exp, maybe_resample
 
 MOVES = ("rwmh", "mala", "hmc")
@@ -52,12 +51,17 @@ class TemperedState(NamedTuple):
 
 
 class TemperedInfo(NamedTuple):
-    """Diagnostics of one tempering step: new ``beta``, ``ess`` before resampling,
-    mean MCMC ``acceptance``."""
+    """Diagnostics of one tempering step.
+
+    Attributes:
+      beta: the new inverse temperature.
+      ess: effective sample size of the reweighted particles, before resampling.
+      acceptance_rate: mean acceptance probability of the MCMC moves (0 without moves).
+    """
 
     beta: jax.Array
     ess: jax.Array
-    acceptance: jax.Array
+    acceptance_rate: jax.Array
 
 
 class TemperedResult(NamedTuple):
@@ -103,11 +107,10 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
                         target_ess: float = 0.5, move: str = "hmc", step_size: float = 0.1,
                         num_leapfrog_steps: int = 10, num_mcmc_steps: int = 5,
                         scheme: str = "systematic") -> Kernel:
-    """Adaptive tempered SMC as a kernel: ``init(key)``, ``step(key, state)``.
+    """Adaptive tempered SMC as a kernel: ``init(particles)``, ``step(key, state)``.
 
     Args:
-      model: a static model GF; its latent sites must be continuous and outside
-        ``vmap``/``scan`` combinators (observations may be inside them).
+      model: a static model GF; its latent sites must be continuous.
       observations: ``ChoiceMap``/dict of observed choices.
       *model_args: the model's arguments.
       num_particles: a static positive int.
@@ -120,7 +123,11 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
       scheme: resampling scheme.
 
     Returns:
-      A kernel: ``init(key) -> TemperedState``, ``step(key, state) -> (state, TemperedInfo)``.
+      A kernel: ``init(particles) -> TemperedState`` at ``beta = 0``, where ``particles``
+      is a ``ChoiceMap``/dict holding every latent choice with a leading axis of
+      ``num_particles``, drawn from the prior (e.g. the choices of ``model.simulate``
+      vmapped over keys; other addresses are ignored); and
+      ``step(key, state) -> (state, TemperedInfo)``.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -129,14 +136,15 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
         ...     z = pg.sample("z", pg.Normal(jnp.zeros(2), 1.0))
         ...     return pg.sample("x", pg.Normal(z, 0.5))
         >>> kernel = pg.mc.tempered_smc_kernel(model, {"x": jnp.ones(2)}, num_particles=100)
-        >>> state, info = kernel.step(jax.random.key(1), kernel.init(jax.random.key(0)))
-        >>> bool(info.beta > 0)
-        True
+        >>> prior = jax.vmap(model.simulate)(jax.random.split(jax.random.key(0), 100))
+        >>> state, info = kernel.step(jax.random.key(1), kernel.init(prior.choices))
+        >>> bool(info.beta > 0), state.latents["z"].shape
+        (True, (100, 2))
     """
     where = "tempered_smc"
     check_gf(model, "model", where)
     num_particles = check_num_particles(num_particles, where)
-    check_ess_threshold(target_ess, where, "target_ess")
+    check_ess_threshold(target_ess, where, "target_ess", allow_zero=False)
     check_scheme(scheme, where)
     if not isinstance(move, str) or move not in MOVES:
         raise SettingError(f"{where}: unknown move {move!r}; choose one of {', '.join(MOVES)}")
@@ -149,25 +157,41 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
     observed = set(observations.addresses())
     latent_addresses = [a for a in shape.addresses() if a not in observed]
     if not latent_addresses:
-        raise ValueError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
+        raise SettingError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
     for address in latent_addresses:
         if not jnp.issubdtype(shape[address].dtype, jnp.floating):
-            raise TypeError(
+            raise ArgumentError(
                 f"{where}: latent address {format_address(address)!r} of {model.__name__} is "
                 f"{shape[address].dtype}; tempered SMC moves need continuous latents"
             )
     latent_selection = select(*latent_addresses)
+    observed_selection = latent_selection.complement()
     dtype = weight_shape.dtype  # every float of the state: the model's (float64 under x64)
 
     def log_likelihood_and_joint(latents):
-        trace, log_lik = replay_generate(model, latents.merge(observations), latent_selection, *model_args)
-        return log_lik, trace.score
+        # Every choice is given, so ``generate`` draws nothing and its weight is the joint.
+        trace, joint = model.generate(key0, latents.merge(observations), *model_args)
+        return model.project(trace, observed_selection), joint
 
-    def init(key) -> TemperedState:
-        keys = jax.random.split(key, num_particles)
-        traces, log_lik = jax.vmap(lambda k: model.generate(k, observations, *model_args))(keys)
+    def init(particles) -> TemperedState:
+        particles = as_choicemap(particles)
+        missing = [a for a in latent_addresses if a not in particles]
+        if missing:
+            raise MissingChoiceError(
+                f"{where}.init: particles lack the latent address(es) "
+                f"{', '.join(repr(format_address(a)) for a in missing)} of {model.__name__}")
+        latents = {}
+        for address in latent_addresses:
+            value, site = particles[address], shape[address]
+            if jnp.shape(value) != (num_particles,) + site.shape:
+                raise ConstraintError(
+                    f"{where}.init: particles at {format_address(address)!r} need shape "
+                    f"{(num_particles,) + site.shape} (num_particles first), got {jnp.shape(value)}")
+            latents[address] = jnp.asarray(value, site.dtype)
+        latents = ChoiceMap(latents)
+        log_lik, _ = jax.vmap(log_likelihood_and_joint)(latents)
         zero = jnp.zeros((), dtype)
-        return TemperedState(traces.choices.filter(latent_selection), log_lik, jnp.zeros((num_particles,), dtype),
+        return TemperedState(latents, log_lik.astype(dtype), jnp.zeros((num_particles,), dtype),
                              zero, zero, jnp.zeros((), jnp.int32))
 
     def move_one(key, latents, beta):
@@ -184,14 +208,12 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
                 proposed, log_alpha = mala_proposal(k_prop, z, logdensity, step_size)
             else:
                 proposed, log_alpha = hmc_proposal(k_prop, z, logdensity, step_size, num_leapfrog_steps)
-            log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
-            accepted = jnp.log(jax.random.uniform(k_accept)) < log_alpha
-            z = jax.tree.map(lambda a, b: jnp.where(accepted, a, b), proposed, z)
-            return z, jnp.exp(jnp.minimum(log_alpha, 0.0)).astype(dtype)
+            z, info = mh_accept(k_accept, log_alpha, proposed, z)
+            return z, info.acceptance_rate.astype(dtype)
 
-        latents, probs = jax.lax.scan(one_move, latents, jax.random.split(key, num_mcmc_steps))
+        latents, rates = jax.lax.scan(one_move, latents, jax.random.split(key, num_mcmc_steps))
         log_lik, _ = log_likelihood_and_joint(latents)
-        return latents, log_lik, jnp.mean(probs)
+        return latents, log_lik, jnp.mean(rates)
 
     def step(key, state: TemperedState):
         k_resample, k_move = jax.random.split(key)
@@ -205,13 +227,13 @@ def tempered_smc_kernel(model: GenerativeFunction, observations, *model_args, nu
         )
         if num_mcmc_steps > 0:
             keys = jax.random.split(k_move, num_particles)
-            latents, log_lik, acc = jax.vmap(lambda k, z: move_one(k, z, beta))(keys, latents)
-            acceptance = jnp.mean(acc)
+            latents, log_lik, rates = jax.vmap(lambda k, z: move_one(k, z, beta))(keys, latents)
+            acceptance_rate = jnp.mean(rates)
         else:
-            acceptance = jnp.zeros((), dtype)
+            acceptance_rate = jnp.zeros((), dtype)
         new_state = TemperedState(latents, log_lik, log_weights, log_mean_exp(log_weights), beta,
                                   state.step + 1)
-        return new_state, TemperedInfo(beta, ess_now, acceptance)
+        return new_state, TemperedInfo(beta, ess_now, acceptance_rate)
 
     return Kernel(init=init, step=step)
 
@@ -220,10 +242,11 @@ def tempered_smc(key: jax.Array, model: GenerativeFunction, observations, *model
                  target_ess: float = 0.5, move: str = "hmc", step_size: float = 0.1,
                  num_leapfrog_steps: int = 10, num_mcmc_steps: int = 5, scheme: str = "systematic",
                  max_steps: int = 200) -> TemperedResult:
-    """Run adaptive tempered SMC from the prior (``beta = 0``) until ``beta = 1``.
+    """Run adaptive tempered SMC from the prior (``beta = 0``) until ``beta = 1``, in one call.
 
-    Arguments are those of :func:`tempered_smc_kernel`, plus ``key`` and ``max_steps``
-    (a cap on the number of tempering steps; the loop is a ``lax.while_loop``).
+    Draws the particles from the prior, then drives :func:`tempered_smc_kernel` with a
+    ``lax.while_loop``. Arguments are those of :func:`tempered_smc_kernel`, plus ``key``
+    and ``max_steps`` (a cap on the number of tempering steps).
 
     Returns:
       A :class:`TemperedResult` (``log_evidence``, ``final`` particles at the posterior,
@@ -232,12 +255,14 @@ def tempered_smc(key: jax.Array, model: GenerativeFunction, observations, *model
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
-        ... def model():
-        ...     z = pg.sample("z", pg.Normal(jnp.zeros(2), 1.0))
-        ...     return pg.sample("x", pg.Normal(z, 0.5))
-        >>> result = pg.mc.tempered_smc(jax.random.key(0), model, {"x": jnp.ones(2)}, num_particles=200)
-        >>> float(result.final.beta)
-        1.0
+        ... def mean_model(noise):
+        ...     mu = pg.sample("mu", pg.Normal(0.0, 1.0))
+        ...     pg.sample("data", pg.Normal(mu, noise))
+        >>> noise, data = jnp.ones(4), jnp.array([0.5, 1.5, 1.0, 1.0])
+        >>> result = pg.mc.tempered_smc(jax.random.key(0), mean_model, {"data": data}, noise, num_particles=400)
+        >>> exact = pg.MultivariateNormal(jnp.zeros(4), jnp.eye(4) + 1.0).log_prob(data)
+        >>> float(result.final.beta), bool(abs(result.log_evidence - exact) < 0.1)
+        (1.0, True)
     """
     max_steps = static_int(max_steps, "max_steps", "tempered_smc")
     kernel = tempered_smc_kernel(
@@ -246,7 +271,10 @@ def tempered_smc(key: jax.Array, model: GenerativeFunction, observations, *model
         scheme=scheme,
     )
     k_init, k_run = jax.random.split(key)
-    state = kernel.init(k_init)
+    # Particles from the prior: the kernel has checked num_particles; the observed choices are dropped by init.
+    keys = jax.random.split(k_init, int(num_particles))
+    prior = jax.vmap(lambda k: model.generate(k, as_choicemap(observations), *model_args)[0])(keys)
+    state = kernel.init(prior.choices)
     betas = jnp.full((max_steps,), jnp.nan, state.beta.dtype)
 
     def cond(carry):

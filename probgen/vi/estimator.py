@@ -16,7 +16,7 @@ gradient its strategy prescribes (Lew, Huot, Staton, Mansinghka, Becker et al.,
   REINFORCE sites inside ``pg.scan`` cost one ``lax.scan``), and the surrogate is the
   DiCE / magic-box form ``f + (L - ⊥L)·⊥f - Σ_s (ℓ_s - ⊥ℓ_s)·⊥b_s`` where ``⊥`` stops
   gradients, ``L = Σ_s ℓ_s`` and ``b_s`` is an optional per-site ``baseline=`` option.
-  Leave-one-out control variates over particles are written with :func:`vmap`
+  Leave-one-out control variates over particles are written with :func:`vmap_program`
   (``return_score=True``) and :func:`add_score_term` (see ``pg.vi.vimco``).
 * ENUM — exact: the whole (pure) program is re-run, vmapped, at every point of the
   product of the enumerated supports, and the results are summed with the differentiable
@@ -30,9 +30,9 @@ random numbers). A site is identified across re-executions by its full address a
 ordinal of the public GF call that made it.
 
 Limits (errors name the address): ENUM and MVD sites cannot sit inside a combinator
-(``pg.vmap``/``pg.scan``/``pg.switch``/``pg.mix``) or inside :func:`vmap`/``pg.vi.marginal``
+(``pg.vmap``/``pg.scan``/``pg.switch``/``pg.mix``) or inside :func:`vmap_program`/``pg.vi.marginal``
 — use REINFORCE there. A program that calls ``jax.vmap`` (or ``lax.scan``) itself over
-``simulate`` calls with REINFORCE sites leaks batched values: use :func:`vmap`.
+``simulate`` calls with REINFORCE sites leaks batched values: use :func:`vmap_program`.
 """
 
 from __future__ import annotations
@@ -50,14 +50,14 @@ import numpy as np
 from probgen.core import handlers
 from probgen.core.choicemap import format_address
 from probgen.core.errors import ProbgenError, StrategyError
+from probgen.core.gfi import zero
+from probgen.core.numerics import as_float
 from probgen.distributions import mvd, protocol
 from probgen.distributions.strategies import ENUM, MVD, REINFORCE
 
 _LOGP = "vi_reinforce_logp"          # Σ log p(⊥x; θ) over REINFORCE sites
 _BASELINE = "vi_reinforce_baseline"  # -Σ (ℓ - ⊥ℓ)·⊥b over sites with a baseline (value 0)
 _MAX_ENUM = 1 << 14
-
-sg = jax.lax.stop_gradient
 
 
 class EstimatorError(ProbgenError, ValueError):
@@ -76,22 +76,11 @@ class _SiteInfo(NamedTuple):
     terms: tuple                      # MVD only: ((param_size, group, has_minus), ...)
 
 
-def _zero():
-    # Weakly typed: sums keep the dtype of the terms added to it (float32 or float64).
-    return jnp.asarray(0.0)
-
-
-def _as_float(x) -> jax.Array:
-    """``x`` as an array of its own floating dtype (integers become the default float)."""
-    x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
-
-
 class _Collector(handlers.Interceptor):
     """Trace-time interceptor for one execution of an expectation program.
 
     ``mode`` is "discover" (record ENUM/MVD sites, static info only), "run" (the main
-    or a re-execution) or "batched" (inside :func:`vmap`: ENUM/MVD are refused).
+    or a re-execution) or "batched" (inside :func:`vmap_program`: ENUM/MVD are refused).
     """
 
     def __init__(self, mode: str, enum_index=None, perturb=None, mvd_numbers=None, optimistic=False):
@@ -103,9 +92,9 @@ class _Collector(handlers.Interceptor):
         self.mvd_numbers = mvd_numbers or {}
         self.call_index = 0
         self.extras: list[dict] = []
-        self.logp_terms: list = []       # REINFORCE log-probs added by vi.vmap
+        self.logp_terms: list = []       # REINFORCE log-probs added by vmap_program
         self.zero_terms: list = []       # value-zero surrogate terms (baselines, score terms)
-        self.enum_logw = _zero()
+        self.enum_logw = zero()
         self.mvd_records: list = []      # (ident, terms) from the main run
         self.sites: list[_SiteInfo] = []
 
@@ -121,7 +110,7 @@ class _Collector(handlers.Interceptor):
             extras = {_LOGP: log_p}
             baseline = site.options.get("baseline")
             if baseline is not None:
-                extras[_BASELINE] = -(log_p - sg(log_p)) * sg(_as_float(baseline))
+                extras[_BASELINE] = -_score_term(log_p, as_float(baseline))
             return value, extras
         if site.strategy in (ENUM, MVD):
             return self._draw_exact(site, key)
@@ -135,11 +124,11 @@ class _Collector(handlers.Interceptor):
                 f"sample site {where!r} uses {site.strategy.value}, which re-executes the program at "
                 "other values of the site, but the site is reached under a JAX transformation "
                 "(jax.vmap, lax.scan, ...) inside the program, where one enumerated value would be "
-                "shared by every batch member; use pg.REINFORCE there, batch with pg.vi.vmap "
+                "shared by every batch member; use pg.REINFORCE there, batch with pg.vi.vmap_program "
                 "(REINFORCE only) and sequences with pg.scan"
             )
         if site.combinators or self.mode == "batched":
-            inside = "/".join(site.combinators) or "pg.vi.vmap / pg.vi.marginal"
+            inside = "/".join(site.combinators) or "pg.vi.vmap_program / pg.vi.marginal / pg.vi.sir"
             raise StrategyError(
                 f"sample site {where!r} uses {site.strategy.value}, which re-executes the program at "
                 f"other values of the site, but the site is inside {inside}; use pg.REINFORCE "
@@ -168,7 +157,7 @@ class _Collector(handlers.Interceptor):
             flat = support.reshape((support.shape[0], num_elements) + event)
             value = flat[index, jnp.arange(num_elements)].reshape(shape).astype(default.dtype)
             self.enum_logw = self.enum_logw + protocol.log_density(dist, value)
-            return sg(value), {}
+            return jax.lax.stop_gradient(value), {}
         terms = mvd.coupling_for(dist)(dist)
         self.mvd_records.append((ident, terms))
         value = default
@@ -182,22 +171,22 @@ class _Collector(handlers.Interceptor):
                     moved = flat.at[element // term.group].set(draw[element].astype(flat.dtype))
                     active = (site_number == self.mvd_numbers[ident]) & (term_number == t) & (sign == s)
                     value = jnp.where(active, moved.reshape(shape), value)
-        return sg(value), {}
+        return jax.lax.stop_gradient(value), {}
 
     # -- totals -------------------------------------------------------------------------
     def totals(self):
         """(L, value-zero terms) summed over the traces and helpers of this execution."""
         try:
-            logp = sum((e.get(_LOGP, _zero()) for e in self.extras), _zero())
-            logp = logp + sum(self.logp_terms, _zero())
-            zero = sum((e.get(_BASELINE, _zero()) for e in self.extras), _zero())
-            zero = zero + sum(self.zero_terms, _zero())
+            logp = sum((e.get(_LOGP, zero()) for e in self.extras), zero())
+            logp = logp + sum(self.logp_terms, zero())
+            zero = sum((e.get(_BASELINE, zero()) for e in self.extras), zero())
+            zero = zero + sum(self.zero_terms, zero())
             # Touch the values so that an escaped tracer fails here, with our message.
             logp, zero = logp + 0.0, zero + 0.0
         except jax.errors.UnexpectedTracerError as err:
             raise EstimatorError(
                 "an expectation program made a trace inside jax.vmap or lax.scan and its gradient "
-                "terms escaped the transformation; batch particles with pg.vi.vmap(fn, ...) instead "
+                "terms escaped the transformation; batch particles with pg.vi.vmap_program(fn, ...) instead "
                 "of jax.vmap (and use pg.scan for sequences)"
             ) from err
         return logp, zero
@@ -224,9 +213,9 @@ def term_scope() -> Iterator[TermScope]:
     """Collect the gradient terms of the GF calls made inside, for a GF built from them.
 
     A generative function whose ``_run`` calls other GFs (``pg.vi.marginal``,
-    ``pg.vi.normalize``) gathers their REINFORCE terms here and returns them as its own
+    ``pg.vi.sir``) gathers their REINFORCE terms here and returns them as its own
     trace's ``extras``, so estimators see them like a primitive site's. ENUM and MVD sites
-    are refused inside, as in :func:`vmap`.
+    are refused inside, as in :func:`vmap_program`.
     """
     scope = TermScope()
     with handlers.handle(scope._collector):
@@ -261,12 +250,16 @@ def _execute(program, key, args, collector: _Collector) -> _Run:
             "reduce it (sum or mean) inside the program"
         )
     logp, zero = collector.totals()
-    return _Run(_as_float(value), logp, zero, collector.enum_logw, collector.mvd_records)
+    return _Run(as_float(value), logp, zero, collector.enum_logw, collector.mvd_records)
+
+
+def _score_term(log_prob: jax.Array, learning_signal: jax.Array) -> jax.Array:
+    """``Σ (ℓ - ⊥ℓ)·⊥signal``: value zero, gradient the score-function (REINFORCE) term."""
+    return jnp.sum((log_prob - jax.lax.stop_gradient(log_prob)) * jax.lax.stop_gradient(learning_signal))
 
 
 def _surrogate(run: _Run) -> jax.Array:
-    f = run.value
-    return f + (run.logp - sg(run.logp)) * sg(f) + run.zero
+    return run.value + _score_term(run.logp, run.value) + run.zero
 
 
 def _discover(program, key, args) -> list[_SiteInfo]:
@@ -372,7 +365,7 @@ def expectation(program: Callable[..., Any]) -> Expectation:
                     collector = _Collector("run", enum_index, tuple(row), numbers)
                     return _execute(program, key, args, collector).value
 
-                values = sg(jax.vmap(perturbed)(jnp.asarray(plan)))
+                values = jax.lax.stop_gradient(jax.vmap(perturbed)(jnp.asarray(plan)))
                 records = dict((ident, terms) for ident, terms in run.mvd_records)
                 for number, site in enumerate(mvd_sites):
                     for t, term in enumerate(records[site.ident]):
@@ -380,12 +373,12 @@ def expectation(program: Callable[..., Any]) -> Expectation:
                         plus = values[np.nonzero(mask & (plan[:, 3] == 1))[0]]
                         minus = values[np.nonzero(mask & (plan[:, 3] == -1))[0]] if term.minus is not None else 0.0
                         eta = term.param.reshape(-1)
-                        signal = sg(term.weight.reshape(-1) * (plus - minus))
+                        signal = jax.lax.stop_gradient(term.weight.reshape(-1) * (plus - minus))
                         # An outcome of probability zero can make f infinite there (log 0);
                         # the parameter sits on its boundary and moves nothing: no term
                         # (rather than 0 * inf = NaN in the value and the gradient).
                         signal = jnp.where(jnp.isfinite(signal), signal, 0.0)
-                        surrogate = surrogate + jnp.sum((eta - sg(eta)) * signal)
+                        surrogate = surrogate + _score_term(eta, signal)
             return surrogate, run.enum_logw
 
         if not enum_sites:
@@ -402,7 +395,7 @@ def expectation(program: Callable[..., Any]) -> Expectation:
     return Expectation(estimate, program)
 
 
-def vmap(fn: Callable, in_axes: Any = 0, axis_size: int | None = None, return_score: bool = False) -> Callable:
+def vmap_program(fn: Callable, in_axes: Any = 0, axis_size: int | None = None, return_score: bool = False) -> Callable:
     """``jax.vmap`` for expectation programs: batch particles without leaking gradient terms.
 
     Each batch member runs in its own collection scope; the REINFORCE log-probs it
@@ -425,7 +418,7 @@ def vmap(fn: Callable, in_axes: Any = 0, axis_size: int | None = None, return_sc
         ... def guide():
         ...     return pg.sample("z", pg.Normal(0.0, 1.0))
         >>> def program(key):
-        ...     traces = pg.vi.vmap(guide.simulate)(jax.random.split(key, 4))
+        ...     traces = pg.vi.vmap_program(guide.simulate)(jax.random.split(key, 4))
         ...     return traces.score.mean()
         >>> pg.vi.expectation(program).estimate(jax.random.key(0)).shape
         ()
@@ -454,7 +447,7 @@ def add_score_term(log_prob: jax.Array, learning_signal: jax.Array) -> None:
     """Add a score-function term ``Σ (log_prob - ⊥log_prob) · ⊥learning_signal`` (value 0).
 
     For custom control variates: with the per-particle log-probs from
-    ``pg.vi.vmap(..., return_score=True)`` and a per-particle learning signal (e.g. the
+    ``pg.vi.vmap_program(..., return_score=True)`` and a per-particle learning signal (e.g. the
     objective minus a leave-one-out baseline), this adds their REINFORCE gradient to the
     enclosing expectation without changing its value.
 
@@ -473,6 +466,6 @@ def add_score_term(log_prob: jax.Array, learning_signal: jax.Array) -> None:
     collector = _current_collector()
     if collector is None:
         raise EstimatorError("add_score_term must be called inside a program run by pg.vi.expectation")
-    log_prob = _as_float(log_prob)
-    learning_signal = jnp.broadcast_to(_as_float(learning_signal), log_prob.shape)
-    collector.zero_terms.append(jnp.sum((log_prob - sg(log_prob)) * sg(learning_signal)))
+    log_prob = as_float(log_prob)
+    learning_signal = jnp.broadcast_to(as_float(learning_signal), log_prob.shape)
+    collector.zero_terms.append(_score_term(log_prob, learning_signal))

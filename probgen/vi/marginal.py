@@ -1,4 +1,4 @@
-"""``marginal`` and ``normalize``: density estimates by inner importance sampling.
+"""``marginal`` and ``sir``: density estimates by inner importance sampling.
 
 A variational family with auxiliary variables, ``q(x) = ∫ q(x, z) dz``, has no density
 to evaluate. :func:`marginal` turns the joint ``q(x, z)`` into a generative function over
@@ -12,11 +12,11 @@ inner proposal ``r(z; x)``, built so that each objective stays a bound
 * ``generate(key, {x}, ...)`` (every kept address constrained) draws all ``K`` particles
   from ``r``: ``E[ŵ] = q(x)`` — an unbiased density, for the model side or for IWAE.
 
-:func:`normalize` is the dual construction for an unnormalized target ``p̃(z)``: sampling
+:func:`sir` is the dual construction for an unnormalized target ``p̃(z)``: sampling
 importance resampling (SIR) with ``K`` proposals. Its ``simulate`` returns one resampled
 particle with ``log q̂ = log p̃(z) - log Ẑ`` (with ``E[q_SIR(z)/q̂] = 1``) and its
 ``generate`` of a given ``z`` runs conditional SIR (``E[q̂] = q_SIR(z)``). Used as a
-guide, ``elbo(model, normalize(model-ish target, proposal, K))`` recovers IWAE.
+guide, ``elbo(model, sir(model-ish target, proposal, K))`` recovers IWAE.
 
 Both need randomness to evaluate a density, so ``assess`` (which takes no key) is refused
 with a message pointing at ``generate``; ``pg.vi`` objectives evaluate model densities
@@ -26,22 +26,16 @@ the resampling index) travel in ``trace.extras``; ENUM/MVD sites are refused ins
 
 from __future__ import annotations
 
-import math
-
-
 import jax
 import jax.numpy as jnp
 
 from probgen.core.checks import static_int
-from probgen.core.choicemap import ChoiceMap, as_selection
+from probgen.core.choicemap import as_choicemap, as_selection
+from probgen.core.errors import ArgumentError, SettingError
 from probgen.core.gfi import GenerativeFunction
+from probgen.core.numerics import log_mean_exp
 from probgen.core.trace import Trace
-from probgen.vi.estimator import EstimatorError, term_scope
-from probgen.vi.estimator import vmap as vi_vmap
-
-
-def _log_mean_exp(log_w: jax.Array) -> jax.Array:
-    return jax.nn.logsumexp(log_w) - math.log(log_w.shape[0])
+from probgen.vi.estimator import EstimatorError, term_scope, vmap_program
 
 
 def _need_key(name: str, key) -> None:
@@ -58,7 +52,7 @@ class Marginal(GenerativeFunction):
     def __init__(self, gf: GenerativeFunction, keep, proposal: GenerativeFunction, num_particles: int):
         num_particles = static_int(num_particles, "num_particles", "marginal")
         if not isinstance(proposal, GenerativeFunction):
-            raise TypeError(f"marginal: proposal must be a generative function, got {type(proposal).__name__}")
+            raise SettingError(f"marginal: proposal must be a generative function, got {type(proposal).__name__}")
         self.gf = gf
         self.keep = as_selection(keep)
         self.proposal = proposal
@@ -71,7 +65,7 @@ class Marginal(GenerativeFunction):
             log_joint, _ = self.gf.assess(kept.merge(tr.choices), *args)
             return log_joint - tr.score
 
-        return vi_vmap(one)(jax.random.split(key, count))
+        return vmap_program(one)(jax.random.split(key, count))
 
     def _run(self, key, constraints, args, mode):
         _need_key(self.__name__, key)
@@ -90,7 +84,7 @@ class Marginal(GenerativeFunction):
                 kept = constraints
                 log_w = self._particles(key, kept, args, self.num_particles)
                 retval, weight = None, None
-        log_q = _log_mean_exp(log_w)
+        log_q = log_mean_exp(log_w, axis=0)
         if weight is None:
             weight = log_q
         return Trace(self, args, retval, kept, log_q, scope.terms()), weight
@@ -127,22 +121,24 @@ def marginal(gf: GenerativeFunction, keep, proposal: GenerativeFunction, num_par
     return Marginal(gf, keep, proposal, num_particles)
 
 
-class Normalized(GenerativeFunction):
-    """SIR over an unnormalized target (see :func:`normalize`). Args: (observations, target_args, proposal_args)."""
+class SIR(GenerativeFunction):
+    """SIR over an unnormalized target (see :func:`sir`). Args: (observations, target_args, proposal_args)."""
 
     def __init__(self, target: GenerativeFunction, proposal: GenerativeFunction, num_particles: int):
-        num_particles = static_int(num_particles, "num_particles", "normalize")
+        num_particles = static_int(num_particles, "num_particles", "sir")
         self.target = target
         self.proposal = proposal
         self.num_particles = num_particles
-        self.__name__ = f"normalize({target.__name__})"
+        self.__name__ = f"sir({target.__name__})"
 
     def _run(self, key, constraints, args, mode):
         _need_key(self.__name__, key)
         if len(args) != 3:
-            raise TypeError(f"{self.__name__} takes (observations, target_args, proposal_args), got {len(args)} arguments")
+            raise ArgumentError(
+                f"{self.__name__} takes (observations, target_args, proposal_args), got {len(args)} arguments"
+            )
         observations, target_args, proposal_args = args
-        observations = ChoiceMap(observations) if not isinstance(observations, ChoiceMap) else observations
+        observations = as_choicemap(observations)
         def one(k):
             tr = self.proposal.simulate(k, *proposal_args)
             log_target, _ = self.target.assess(tr.choices.merge(observations), *target_args)
@@ -151,14 +147,14 @@ class Normalized(GenerativeFunction):
         with term_scope() as scope:
             k_pick, k_particles = jax.random.split(key)
             if constraints.is_empty():
-                choices, log_target, log_q = vi_vmap(one)(jax.random.split(k_particles, self.num_particles))
+                choices, log_target, log_q = vmap_program(one)(jax.random.split(k_particles, self.num_particles))
                 log_w = log_target - log_q
                 index = jax.random.categorical(k_pick, jax.lax.stop_gradient(log_w))
                 # The resampling index is a discrete choice: its score-function term keeps
                 # objectives over this family unbiased.
                 scope.add_log_prob(jax.nn.log_softmax(log_w)[index])
                 chosen = jax.tree.map(lambda leaf: leaf[index], choices)
-                score = log_target[index] - _log_mean_exp(log_w)
+                score = log_target[index] - log_mean_exp(log_w, axis=0)
                 weight = jnp.zeros((), score.dtype)
             else:
                 chosen = constraints
@@ -166,15 +162,18 @@ class Normalized(GenerativeFunction):
                 log_q0, _ = self.proposal.assess(chosen, *proposal_args)
                 log_w = (log_target0 - log_q0)[None]
                 if self.num_particles > 1:
-                    _, log_target, log_q = vi_vmap(one)(jax.random.split(k_particles, self.num_particles - 1))
+                    _, log_target, log_q = vmap_program(one)(jax.random.split(k_particles, self.num_particles - 1))
                     log_w = jnp.concatenate([log_w, log_target - log_q])
-                score = log_target0 - _log_mean_exp(log_w)
+                score = log_target0 - log_mean_exp(log_w, axis=0)
                 weight = score
         return Trace(self, args, None, chosen, score, scope.terms()), weight
 
 
-def normalize(target: GenerativeFunction, proposal: GenerativeFunction, num_particles: int) -> Normalized:
-    """Approximately normalize an unnormalized target by sampling importance resampling.
+def sir(target: GenerativeFunction, proposal: GenerativeFunction, num_particles: int) -> SIR:
+    """Sampling importance resampling (SIR) as a generative function: an approximately normalized target.
+
+    ``K`` proposals are weighted by the unnormalized target and one is resampled; the
+    result is a family with an estimated density, usable as a guide in any objective.
 
     Args:
       target: a generative function whose ``assess`` on the proposal's choices merged with
@@ -197,9 +196,9 @@ def normalize(target: GenerativeFunction, proposal: GenerativeFunction, num_part
         >>> @pg.gen
         ... def proposal():
         ...     pg.sample("z", pg.Normal(0.0, 2.0))
-        >>> sir = pg.vi.normalize(target, proposal, num_particles=8)
-        >>> tr = sir.simulate(jax.random.key(0), pg.ChoiceMap({"x": 1.0}), (), ())
+        >>> q = pg.vi.sir(target, proposal, num_particles=8)
+        >>> tr = q.simulate(jax.random.key(0), pg.ChoiceMap({"x": 1.0}), (), ())
         >>> tr.choices.addresses()
         [('z',)]
     """
-    return Normalized(target, proposal, num_particles)
+    return SIR(target, proposal, num_particles)

@@ -19,7 +19,7 @@ def _se(per_run):
 def _right_mass_fkc(score_fns, betas):
     def one(key):
         x, lw = D.fkc_sample(key, SDE, score_fns, betas, (NUM_PARTICLES, 1), NUM_STEPS)
-        return pg.mc.normalize(lw) @ (x[:, 0] > 0), pg.mc.normalize(lw) @ x[:, 0], x, lw
+        return pg.mc.normalize_weights(lw) @ (x[:, 0] > 0), pg.mc.normalize_weights(lw) @ x[:, 0], x, lw
 
     return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), NUM_RUNS))
 
@@ -36,8 +36,8 @@ def test_annealing_beta_2_matches_exact_tempered_mixture_where_score_scaling_doe
     assert abs(float(mean.mean()) - float(tempered.mean()[0])) < 0.15
     # Plain score scaling (2 x score, no weights) lands elsewhere.
     scaled = lambda x, t: 2.0 * D.gmm_score(MIXTURE, SDE)(x, t)  # noqa: E731
-    x = jax.jit(lambda k: D.sample(k, SDE, scaled, (NUM_PARTICLES * NUM_RUNS, 1), "euler_maruyama", NUM_STEPS))(
-        jax.random.key(1))
+    x = jax.jit(lambda k: D.reverse_sample(k, SDE, scaled, (NUM_PARTICLES * NUM_RUNS, 1), "euler_maruyama",
+                                           NUM_STEPS))(jax.random.key(1))
     plain_right = float((x[:, 0] > 0).mean())
     assert abs(plain_right - exact_right) > 0.1, plain_right
 
@@ -48,7 +48,7 @@ def test_product_of_two_gaussian_experts_matches_exact_product():
     prod = D.mixture_product(a, b)
     scores, betas = D.product_of_experts(D.gmm_score(a, SDE), D.gmm_score(b, SDE))
     _, mean, x, lw = _right_mass_fkc(scores, betas)
-    w = jax.vmap(pg.mc.normalize)(lw)
+    w = jax.vmap(pg.mc.normalize_weights)(lw)
     second = jnp.sum(w * x[..., 0] ** 2, axis=1)
     var = second - mean**2
     exact_mean, exact_var = float(prod.means[0, 0]), float(prod.covs[0, 0, 0])
@@ -56,7 +56,7 @@ def test_product_of_two_gaussian_experts_matches_exact_product():
     assert abs(float(mean.mean()) - exact_mean) < 4 * _se(mean) + 0.03, (mean, exact_mean)
     assert abs(float(var.mean()) - exact_var) < 4 * _se(var) + 0.05 * exact_var, (var, exact_var)
     # Summing the two scores without weights gives a visibly different variance.
-    plain = jax.jit(lambda k: D.sample(k, SDE, lambda x, t: sum(s(x, t) for s in scores),
+    plain = jax.jit(lambda k: D.reverse_sample(k, SDE, lambda x, t: sum(s(x, t) for s in scores),
                                        (NUM_PARTICLES, 1), "euler_maruyama", NUM_STEPS))(jax.random.key(2))
     assert abs(float(plain.var()) - exact_var) > 0.2 * exact_var
 
@@ -69,7 +69,7 @@ def test_fkc_guidance_matches_the_exact_guided_gaussian():
     precision = (1 - w) + w / v
     exact_mean, exact_var = (w * m / v) / precision, 1.0 / precision
     _, mean, x, lw = _right_mass_fkc(*D.fkc_guidance(D.gmm_score(prior, SDE), D.gmm_score(cond, SDE), w))
-    wts = jax.vmap(pg.mc.normalize)(lw)
+    wts = jax.vmap(pg.mc.normalize_weights)(lw)
     var = jnp.sum(wts * x[..., 0] ** 2, axis=1) - mean**2
     assert abs(float(mean.mean()) - exact_mean) < 4 * _se(mean) + 0.03, (mean, exact_mean)
     assert abs(float(var.mean()) - exact_var) < 4 * _se(var) + 0.05 * exact_var, (var, exact_var)

@@ -24,14 +24,14 @@ def noisy_classifier_log_prob(x, t):
 
 def test_classifier_guidance_with_exact_noisy_classifier_samples_the_posterior(check):
     score = D.classifier_guidance(D.gmm_score(PRIOR, SDE), noisy_classifier_log_prob, scale=1.0)
-    x = jax.jit(lambda k: D.sample(k, SDE, score, (2000, 1), "euler_maruyama", 200))(jax.random.key(0))
+    x = jax.jit(lambda k: D.reverse_sample(k, SDE, score, (2000, 1), "euler_maruyama", 200))(jax.random.key(0))
     check(x, POSTERIOR, jax.random.key(0))
 
 
 def test_classifier_free_guidance_interpolates_scores(check):
     cond, uncond = D.gmm_score(POSTERIOR, SDE), D.gmm_score(PRIOR, SDE)
     full = D.classifier_free_guidance(cond, uncond, scale=1.0)
-    x = jax.jit(lambda k: D.sample(k, SDE, full, (2000, 1), "ddim", 100))(jax.random.key(1))
+    x = jax.jit(lambda k: D.reverse_sample(k, SDE, full, (2000, 1), "ddim", 100))(jax.random.key(1))
     check(x, POSTERIOR, jax.random.key(1))
     pts = jnp.linspace(-2, 2, 5)[:, None]
     w = 3.0

@@ -48,7 +48,7 @@ def _expected_loss(parameterization, weighting, t_min):
 def test_dsm_loss_at_the_optimum_equals_the_closed_form(parameterization, weighting, t_min):
     loss = D.denoising_score_matching(SDE, _true_models(parameterization), parameterization, weighting, t_min)
     data = jax.random.normal(jax.random.key(0), (32, 4000, DIM)) * DATA_STD
-    values = jax.jit(jax.vmap(loss, in_axes=(0, None, 0)))(jax.random.split(jax.random.key(1), 32), None, data)
+    values = jax.jit(jax.vmap(loss, in_axes=(None, 0, 0)))(None, jax.random.split(jax.random.key(1), 32), data)
     mean, se = float(values.mean()), float(values.std() / np.sqrt(values.shape[0]))
     assert abs(mean - _expected_loss(parameterization, weighting, t_min)) < 4 * se
 
@@ -74,7 +74,7 @@ def test_sliced_score_matching_expectation_closed_form(variance_reduced):
     params = {"A": jnp.array([[-0.7, 0.2], [0.1, -1.3]]), "b": jnp.array([0.3, 0.1])}
     loss = D.sliced_score_matching(_linear_score, num_projections=2, variance_reduced=variance_reduced)
     data = MU + jax.random.normal(jax.random.key(0), (32, 2000, 2)) @ jnp.linalg.cholesky(COV).T
-    values = jax.jit(jax.vmap(loss, in_axes=(0, None, 0)))(jax.random.split(jax.random.key(1), 32), params, data)
+    values = jax.jit(jax.vmap(loss, in_axes=(None, 0, 0)))(params, jax.random.split(jax.random.key(1), 32), data)
     a, b = params["A"], params["b"]
     expected = jnp.trace(a) + 0.5 * (jnp.trace(a @ COV @ a.T) + jnp.sum((a @ MU + b) ** 2))
     assert abs(float(values.mean()) - float(expected)) < 4 * float(values.std()) / np.sqrt(32)
@@ -89,7 +89,7 @@ def test_sliced_score_matching_with_optax_recovers_the_gaussian_score():
         params, state = carry
         k_data, k_loss = jax.random.split(key)
         batch = MU + jax.random.normal(k_data, (512, 2)) @ jnp.linalg.cholesky(COV).T
-        grads = jax.grad(loss, argnums=1)(k_loss, params, batch)
+        grads = jax.grad(loss)(params, k_loss, batch)
         updates, state = opt.update(grads, state)
         return (optax.apply_updates(params, updates), state), None
 
@@ -130,14 +130,14 @@ def test_dsm_training_of_a_small_nnx_mlp_reaches_the_target(check, mmd):
     def step(carry, key):
         params, opt_state = carry
         k_data, k_loss = jax.random.split(key)
-        value, grads = jax.value_and_grad(loss, argnums=1)(k_loss, params, target.sample(k_data, 256))
+        value, grads = jax.value_and_grad(loss)(params, k_loss, target.sample(k_data, 256))
         updates, opt_state = opt.update(grads, opt_state)
         return (optax.apply_updates(params, updates), opt_state), value
 
     @jax.jit
     def train_and_sample(params):
         (trained, _), losses = jax.lax.scan(step, (params, opt.init(params)), jax.random.split(jax.random.key(0), 2500))
-        draw = lambda p: D.sample(jax.random.key(5), SDE, D.score_from_model(SDE, model_fn, p, "eps"),  # noqa: E731
+        draw = lambda p: D.reverse_sample(jax.random.key(5), SDE, D.score_from_model(SDE, model_fn, p, "eps"),  # noqa: E731
                                   (2000, 2), "ddim", 100)
         return draw(trained), draw(params), losses
 
@@ -154,6 +154,6 @@ def test_loss_errors():
         D.denoising_score_matching(SDE, _true_models("eps"), "eps", "snr")
     loss = D.denoising_score_matching(SDE, lambda p, x, t: x[:, :1])
     with pytest.raises(ValueError, match="model_fn returned shape"):
-        loss(jax.random.key(0), None, jnp.zeros((4, 2)))
+        loss(None, jax.random.key(0), jnp.zeros((4, 2)))
     with pytest.raises(ValueError, match="batch must have shape"):
-        loss(jax.random.key(0), None, jnp.zeros(4))
+        loss(None, jax.random.key(0), jnp.zeros(4))

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 import probgen as pg
-from probgen.diffusion.samplers import SamplerState
 
 D = pg.diffusion
 TARGET = D.gaussian_mixture([0.35, 0.65], [[-1.5, 0.5], [1.5, -0.5]],
@@ -22,6 +21,7 @@ CASES = [
     ("vp", "ddim", 150, {"eta": 0.5}),
     ("vp", "probability_flow", 200, {"method": "euler"}),
     ("vp", "probability_flow", 60, {"method": "heun"}),
+    ("vp", "probability_flow", 30, {"method": "rk4"}),
     ("subvp", "euler_maruyama", 200, {}),
     ("vp_cosine", "ddpm", 150, {}),
     ("ve", "euler_maruyama", 300, {}),
@@ -33,7 +33,7 @@ SDES = {"vp": D.vp(), "vp_cosine": D.vp_cosine(), "ve": D.ve(sigma_max=20.0), "s
 @functools.partial(jax.jit, static_argnums=(1, 2, 3, 4))
 def _draw(key, sde_name, sampler, num_steps, options):
     sde = SDES[sde_name]
-    return D.sample(key, sde, D.gmm_score(TARGET, sde), (NUM_PARTICLES, 2), sampler, num_steps, **dict(options))
+    return D.reverse_sample(key, sde, D.gmm_score(TARGET, sde), (NUM_PARTICLES, 2), sampler, num_steps, **dict(options))
 
 
 @pytest.mark.parametrize("sde_name,sampler,num_steps,options", CASES,
@@ -49,7 +49,7 @@ def test_wrong_score_is_detected(check):
     """The same checks reject a sampler run with a subtly wrong score (a test that can fail)."""
     sde = SDES["vp"]
     wrong = D.gaussian_mixture([0.5, 0.5], TARGET.means, TARGET.covs)
-    x = jax.jit(lambda k: D.sample(k, sde, D.gmm_score(wrong, sde), (NUM_PARTICLES, 2), "ddim", 100))(
+    x = jax.jit(lambda k: D.reverse_sample(k, sde, D.gmm_score(wrong, sde), (NUM_PARTICLES, 2), "ddim", 100))(
         jax.random.key(3))
     with pytest.raises(AssertionError):
         check(x, TARGET, jax.random.key(3))
@@ -60,7 +60,7 @@ def test_ddim_eta_one_equals_ddpm_in_distribution_and_formula():
     sde = SDES["vp"]
     score = D.gmm_score(TARGET, sde)
     x = TARGET.noised(sde, 0.5).sample(jax.random.key(0), 5)
-    state = SamplerState(x, jnp.array(3, jnp.int32))
+    state = pg.dynamics.IntegratorState(x, D.time_grid(sde, 10)(3), jnp.array(3, jnp.int32))
     k1 = D.ddim(sde, score, 10, eta=1.0)
     k2 = D.ddpm(sde, score, 10)
     # Same key -> same normal draw -> same step when the two updates agree.
@@ -108,7 +108,7 @@ def test_bad_inputs_raise_clear_errors():
     with pytest.raises(ValueError, match="num_particles"):
         D.ddpm(sde, lambda x, t: -x, 10).init(jnp.zeros(5))
     with pytest.raises(ValueError, match="unknown sampler"):
-        D.sample(jax.random.key(0), sde, lambda x, t: -x, (4, 1), "rk4")
+        D.reverse_sample(jax.random.key(0), sde, lambda x, t: -x, (4, 1), "rk4")
     with pytest.raises(TypeError, match="SDE"):
         D.euler_maruyama("vp", lambda x, t: -x, 10)
 
@@ -182,7 +182,7 @@ def test_float64_runs_keep_float64_and_end_exactly_at_t_min(name):
         for leaf in jax.tree.leaves((final, infos)):
             if jnp.issubdtype(leaf.dtype, jnp.floating):
                 assert leaf.dtype == jnp.float64, (name, leaf.dtype)
-        times = infos if name == "likelihood" else infos.time if hasattr(infos, "time") else None
+        times = infos.time if hasattr(infos, "time") else None
         if times is not None:
             end = sde.t_max if name == "likelihood" else 1e-3
             assert times.dtype == jnp.float64 and float(times[-1]) == end

@@ -34,30 +34,17 @@ def exact_fields(interp):
     return velocity, score
 
 
-def test_ode_methods_orders():
-    # dx/dt = x on [0, 1]: error of Euler ~ h, Heun ~ h^2, RK4 ~ h^4.
-    errs = {}
-    for method in pg.flows.ode.METHODS:
-        x1 = pg.flows.solve_ode(lambda t, x: x, jnp.ones(()), num_steps=10, method=method)
-        errs[method] = abs(float(x1) - np.e)
-    assert 0.05 < errs["euler"] < 0.15
-    assert 1e-3 < errs["heun"] < 1e-2
-    assert errs["rk4"] < 1e-5
-    with pytest.raises(ValueError, match="method"):
-        pg.flows.ode_kernel(lambda t, x: x, method="rk45")
-
-
 @pytest.mark.parametrize("interp_name", ["linear", "trig"])
 def test_exact_velocity_ode_transports_and_cnf_matches_density(interp_name):
     interp = pg.flows.linear_interpolant() if interp_name == "linear" else pg.flows.trig_interpolant()
     velocity, _ = exact_fields(interp)
     x0 = jax.random.normal(jax.random.key(0), (600, 2))
-    x1 = jax.jit(jax.vmap(lambda x: pg.flows.solve_ode(velocity, x, num_steps=40)))(x0)
+    x1 = jax.jit(jax.vmap(lambda x: pg.dynamics.solve_ode(velocity, x, num_steps=40)))(x0)
     assert projected_ks(x1, mixture_samples(jax.random.key(1), 600)) > 0.01
     # CNF log-likelihood through the exact velocity equals the mixture density.
     pts = mixture_samples(jax.random.key(2), 8)
     base = lambda z: jax.scipy.stats.norm.logpdf(z).sum()  # noqa: E731
-    lp = jax.jit(jax.vmap(lambda x: pg.flows.cnf_log_prob(velocity, x, base, num_steps=40)))(pts)
+    lp = jax.jit(jax.vmap(lambda x: pg.dynamics.cnf_log_prob(velocity, x, base, num_steps=40)))(pts)
     np.testing.assert_allclose(lp, jax.vmap(mixture_log_prob)(pts), atol=2e-2)
 
 
@@ -65,20 +52,22 @@ def test_hutchinson_cnf_is_unbiased():
     velocity, _ = exact_fields(pg.flows.linear_interpolant())
     base = lambda z: jax.scipy.stats.norm.logpdf(z).sum()  # noqa: E731
     x = jnp.array([0.5, 0.2])
-    exact = pg.flows.cnf_log_prob(velocity, x, base, num_steps=20)
+    exact = pg.dynamics.cnf_log_prob(velocity, x, base, num_steps=20)
     keys = jax.random.split(jax.random.key(3), 400)
-    hutch = jax.jit(jax.vmap(lambda k: pg.flows.cnf_log_prob(velocity, x, base, 20, divergence="hutchinson", key=k)))(keys)
+    hutch = jax.jit(jax.vmap(lambda k: pg.dynamics.cnf_log_prob(velocity, x, base, 20, divergence="hutchinson", key=k)))(keys)
     se = float(jnp.std(hutch)) / np.sqrt(hutch.size)
     assert abs(float(jnp.mean(hutch)) - float(exact)) < 4 * se + 1e-4
     assert float(jnp.std(hutch)) > 0  # it is a genuine estimator
     with pytest.raises(ValueError, match="key"):
-        pg.flows.cnf_log_prob(velocity, x, base, divergence="hutchinson")
+        pg.dynamics.cnf_log_prob(velocity, x, base, divergence="hutchinson")
 
 
 def test_sde_with_exact_fields_samples_mixture():
     interp = pg.flows.noisy_interpolant(1.0)
     velocity, score = exact_fields(interp)
-    kernel = pg.flows.sde_kernel(velocity, score, noise=0.5, t0=0.0, t1=1.0, num_steps=200)
+    # The interpolant SDE with noise eps = 0.5: drift b + eps s, diffusion sqrt(2 eps).
+    kernel = pg.dynamics.sde_integrator(lambda t, x: velocity(t, x) + 0.5 * score(t, x), np.sqrt(2 * 0.5),
+                                        t0=0.0, t1=1.0, num_steps=200)
     keys = jax.random.split(jax.random.key(4), 600)
     x0 = jax.random.normal(jax.random.key(5), (600, 2))
     x1 = jax.jit(jax.vmap(lambda k, x: pg.run(kernel, k, kernel.init(x), 200)[0].x))(keys, x0)
@@ -145,66 +134,8 @@ def test_ot_coupling_and_sinkhorn():
         pg.flows.ot_coupling(x0, x1[:3])
 
 
-# ---- fixed horizon and float64 -----------------------------------------------------------------
-
-def _pis(num_steps):
-    params = pg.flows.init_diffusion_sampler(jax.random.key(0), 2, hidden=(8,))
-    return pg.flows.diffusion_sampler_kernel(params, lambda x: -0.5 * x @ x, 2, num_steps)
-
-
-FLOW_KERNELS = {
-    "ode_kernel": (lambda n: pg.flows.ode_kernel(lambda t, x: -x, num_steps=n), lambda k: k.init(jnp.ones(2))),
-    "sde_kernel": (lambda n: pg.flows.sde_kernel(lambda t, x: 0 * x, lambda t, x: -x, 0.5, num_steps=n),
-                   lambda k: k.init(jnp.ones(2))),
-    "cnf_kernel": (lambda n: pg.flows.cnf_kernel(lambda t, x: -x, num_steps=n), lambda k: k.init(jnp.ones(2))),
-    "diffusion_sampler_kernel": (_pis, lambda k: k.init()),
-}
-
-
-@pytest.mark.parametrize("name", list(FLOW_KERNELS))
-def test_flow_kernels_refuse_to_run_past_their_horizon(name):
-    build, init = FLOW_KERNELS[name]
-    kernel = build(50)
-    assert kernel.horizon == 50
-    with pytest.raises(pg.SettingError, match="num_steps=60 exceeds the kernel's horizon of 50"):
-        pg.run(kernel, jax.random.key(0), init(kernel), 60)
-    final, _ = pg.validate(lambda s, k: pg.run(kernel, k, s, 50))(init(kernel), jax.random.key(0))
-    if hasattr(final, "t"):
-        assert float(final.t) == (0.0 if name == "cnf_kernel" else 1.0)  # the end of the grid, exactly
-    with pytest.raises(pg.ValidationError, match=f"{name}: step index 50 is past the kernel's horizon of 50"):
-        pg.validate(lambda s, k: pg.run(kernel, k, s, 1))(final, jax.random.key(1))
-
-
-@pytest.mark.parametrize("t0,t1", [(0.0, 1.0), (1.0, 0.0)])
-def test_float64_ode_keeps_its_dtype_and_float64_accuracy(t0, t1):
-    """RK4 on dx/dt = cos(t): error ~ h^4 ~ 1e-12 at 1,000 steps, if time is not rounded to float32."""
+def test_float64_interpolant_losses_keep_float64():
     with jax.enable_x64(True):
-        kernel = pg.flows.ode_kernel(lambda t, x: jnp.cos(t) * jnp.ones_like(x), t0, t1, 1000, "rk4")
-        final, (states, _) = jax.jit(lambda s: pg.run(kernel, jax.random.key(0), s, 1000, keep="all"))(
-            kernel.init(jnp.zeros(1, jnp.float64)))
-        assert final.x.dtype == final.t.dtype == states.t.dtype == jnp.float64
-        assert float(final.t) == t1
-        assert abs(float(final.x[0]) - (np.sin(t1) - np.sin(t0))) < 1e-12
-        # ...and a float32 point stays float32 under x64 (time in float32 too)
-        final32, _ = pg.run(kernel, jax.random.key(0), kernel.init(jnp.zeros(1, jnp.float32)), 1000)
-        assert final32.x.dtype == final32.t.dtype == jnp.float32 and float(final32.t) == t1
-
-
-def test_float64_sde_cnf_and_path_sampler_keep_float64():
-    with jax.enable_x64(True):
-        x = jnp.ones(2, jnp.float64)
-        sde = pg.flows.sde_kernel(lambda t, x: 0 * x, lambda t, x: -x, 0.5, num_steps=300)
-        final, _ = pg.run(sde, jax.random.key(0), sde.init(x), 300)
-        assert final.x.dtype == final.t.dtype == jnp.float64 and float(final.t) == 1.0
-        cnf = pg.flows.cnf_kernel(lambda t, x: -x, num_steps=300)
-        final, _ = pg.run(cnf, jax.random.key(0), cnf.init(x), 300)
-        assert final.x.dtype == final.delta_log_prob.dtype == final.t.dtype == jnp.float64
-        assert float(final.t) == 0.0
-        assert abs(float(final.delta_log_prob) - 2.0) < 1e-12  # -int_1^0 div(-x) dt = dim, exactly linear
-        pis = _pis(20)
-        final, _ = pg.run(pis, jax.random.key(0), pis.init(), 20)
-        assert final.x.dtype == final.log_weight.dtype == jnp.float64
-        # the interpolant losses keep float64 as well
         x0, x1 = jnp.zeros((4, 2)), jnp.ones((4, 2))
         loss = pg.flows.velocity_loss(lambda t, x: jnp.ones(2), jax.random.key(0), x0, x1,
                                       pg.flows.noisy_interpolant())

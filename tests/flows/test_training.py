@@ -1,5 +1,6 @@
-"""Learned transports and samplers: flow matching, interpolants between mixtures, and the
-path integral sampler on a 2-D Gaussian mixture."""
+"""Learned transports: flow matching and interpolants between mixtures, sampled and scored
+with the pg.dynamics integrators. (The path integral sampler is tested in
+tests/flows/test_path_integral.py.)"""
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ def _velocity(params):
 def _train_velocity(key, sample_pair, dim, interp, steps, batch=256, ot=False):
     params = pg.flows.init_mlp(key, [dim + 3, 64, 64, dim], final_scale=0.1)
     opt = optax.adam(optax.cosine_decay_schedule(3e-3, steps))
+    loss = pg.flows.velocity_matching(interp, lambda p, t, x: _velocity(p)(t, x))
 
     def body(carry, k):
         p, s = carry
@@ -29,7 +31,7 @@ def _train_velocity(key, sample_pair, dim, interp, steps, batch=256, ot=False):
         x0, x1 = sample_pair(kd, batch)
         if ot:
             x0, x1 = pg.flows.ot_coupling(x0, x1)
-        g = jax.grad(lambda q: pg.flows.velocity_loss(_velocity(q), kl, x0, x1, interp))(p)
+        g = jax.grad(loss)(p, kl, (x0, x1))
         upd, s = opt.update(g, s, p)
         return (optax.apply_updates(p, upd), s), None
 
@@ -42,7 +44,7 @@ def test_flow_matching_2d_mixture_samples_and_likelihood():
     params = _train_velocity(jax.random.key(0), pair, 2, pg.flows.linear_interpolant(), 1500)
     v = _velocity(params)
     x0 = jax.random.normal(jax.random.key(1), (500, 2))
-    x1 = jax.jit(jax.vmap(lambda x: pg.flows.solve_ode(v, x, num_steps=20)))(x0)
+    x1 = jax.jit(jax.vmap(lambda x: pg.dynamics.solve_ode(v, x, num_steps=20)))(x0)
     p = projected_ks(x1, mixture_samples(jax.random.key(2), 500))
     print(f"flow matching 2-D two-sample p = {p:.3f}")
     assert p > 0.01
@@ -50,7 +52,7 @@ def test_flow_matching_2d_mixture_samples_and_likelihood():
     # equals E[log p_data] - KL(p_data || model); KL must be >= 0 (within 4 se) and small.
     data = mixture_samples(jax.random.key(3), 200)
     base = lambda z: jax.scipy.stats.norm.logpdf(z).sum()  # noqa: E731
-    lp_model = jax.jit(jax.vmap(lambda x: pg.flows.cnf_log_prob(v, x, base, num_steps=20)))(data)
+    lp_model = jax.jit(jax.vmap(lambda x: pg.dynamics.cnf_log_prob(v, x, base, num_steps=20)))(data)
     gap = jax.vmap(mixture_log_prob)(data) - lp_model
     kl, se = float(jnp.mean(gap)), float(jnp.std(gap)) / np.sqrt(gap.size)
     print(f"KL(data || flow) estimate {kl:.4f} +- {se:.4f}")
@@ -76,50 +78,7 @@ def test_interpolant_transports_between_1d_mixtures():
     params = _train_velocity(jax.random.key(4), pair, 1, pg.flows.trig_interpolant(), 1500)
     x0 = sample0(jax.random.key(5), 400)
     assert scipy.stats.kstest(np.asarray(x0[:, 0]), cdf1).pvalue < 1e-6  # the test has power
-    x1 = jax.jit(jax.vmap(lambda x: pg.flows.solve_ode(_velocity(params), x, num_steps=20)))(x0)
+    x1 = jax.jit(jax.vmap(lambda x: pg.dynamics.solve_ode(_velocity(params), x, num_steps=20)))(x0)
     p = scipy.stats.kstest(np.asarray(x1[:, 0]), cdf1).pvalue
     print(f"1-D mixture transport KS p = {p:.3f}")
     assert p > 0.01
-
-
-# --- learned diffusion sampler ----------------------------------------------------------
-
-LOG_Z = float(np.log(3.0))
-MODES = jnp.array([[-3.0, 0.0], [3.0, 0.0]])
-
-
-def target_log_prob(x):
-    comp = jax.scipy.stats.norm.logpdf(x[None, :], MODES, 0.7).sum(-1)
-    return LOG_Z + jax.nn.logsumexp(comp + jnp.log(0.5))
-
-
-def _train_sampler(loss_fn, steps=300):
-    params = pg.flows.init_diffusion_sampler(jax.random.key(0), 2, (32, 32))
-    opt = optax.adam(3e-3)
-
-    def body(carry, k):
-        p, s = carry
-        g = jax.grad(loss_fn)(p, k, target_log_prob, 2, 64, 16, 4.0)
-        upd, s = opt.update(g, s, p)
-        return (optax.apply_updates(p, upd), s), None
-
-    (params, _), _ = jax.jit(lambda p, ks: jax.lax.scan(body, (p, opt.init(p)), ks))(params, jax.random.split(jax.random.key(1), steps))
-    return params
-
-
-def test_learned_sampler_log_normalizer_and_modes():
-    results = {}
-    for name, loss in [("reverse_kl", pg.flows.reverse_kl_loss), ("log_variance", pg.flows.log_variance_loss)]:
-        params = _train_sampler(loss)
-        log_z, se, elbo = jax.jit(pg.flows.log_normalizer, static_argnums=(2, 3, 4, 5, 6))(
-            params, jax.random.key(2), target_log_prob, 2, 2000, 16, 4.0)
-        x, _ = pg.flows.sample_paths(params, jax.random.key(3), target_log_prob, 2, 2000, 16, 4.0)
-        right = float(jnp.mean(x[:, 0] > 0))
-        results[name] = right
-        print(f"{name}: log Z {float(log_z):.4f} +- {float(se):.4f} (true {LOG_Z:.4f}), ELBO {float(elbo):.4f}, "
-              f"mass right mode {right:.3f}")
-        # Unbiased weights: within 4 se of the truth (se by the delta method), and the ELBO below it.
-        assert abs(float(log_z) - LOG_Z) < 4 * float(se) + 0.02
-        assert float(elbo) < LOG_Z + 4 * float(se)
-    # The log-variance loss keeps both modes (true mass 0.5 each).
-    assert 0.3 < results["log_variance"] < 0.7

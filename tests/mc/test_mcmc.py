@@ -41,7 +41,7 @@ def run_chains(name):
         k_init, k_run = jax.random.split(key)
         trace, _ = normal_normal.generate(k_init, {"x": X_OBS})
         _, (traces, infos) = pg.run(kernel, k_run, kernel.init(trace), NUM_STEPS, keep="all")
-        return traces["z"], infos.acceptance_prob
+        return traces["z"], infos.acceptance_rate
 
     keys = jax.random.split(jax.random.key(seed), NUM_CHAINS)
     return jax.jit(jax.vmap(chain))(keys)
@@ -106,7 +106,7 @@ def test_regenerate_acceptance_is_likelihood_ratio():
     proposed, _ = model.generate(k_gen, {"x": 2.0})
     z_new = float(proposed["z"])
     expected = min(1.0, np.exp(-0.5 * (2.0 - z_new) ** 2 + 0.5 * (2.0 + 1.0) ** 2))
-    assert float(info.acceptance_prob) == pytest.approx(expected, rel=1e-4)
+    assert float(info.acceptance_rate) == pytest.approx(expected, rel=1e-4)
 
 
 def test_bad_selection_and_discrete_gradient_moves():
@@ -118,3 +118,30 @@ def test_bad_selection_and_discrete_gradient_moves():
         pg.mc.hmc(pg.select("z"), 0.1).step(jax.random.key(0), tr)
     with pytest.raises(ValueError, match="step_size must be positive"):
         pg.mc.mala("z", step_size=0.0)
+
+
+# --- the one accept step (shared with tempered SMC) ---
+
+def test_mh_accept_accepts_with_probability_min_one_exp_log_alpha():
+    from probgen.mc.mcmc import mh_accept
+
+    log_alpha = jnp.log(0.3)
+    keys = jax.random.split(jax.random.key(12), 20000)
+    states, infos = jax.vmap(lambda k: mh_accept(k, log_alpha, jnp.ones(2), jnp.zeros(2)))(keys)
+    rate = float(infos.accepted.mean())
+    assert abs(rate - 0.3) <= 4 * np.sqrt(0.3 * 0.7 / keys.shape[0]), rate
+    np.testing.assert_allclose(infos.acceptance_rate, 0.3, rtol=1e-6)
+    # the state follows the decision leaf by leaf
+    np.testing.assert_array_equal(states[:, 0], infos.accepted.astype(states.dtype))
+    # log_alpha >= 0 always accepts; NaN always rejects
+    _, up = mh_accept(jax.random.key(0), jnp.asarray(2.0), 1.0, 0.0)
+    state, nan = mh_accept(jax.random.key(0), jnp.asarray(jnp.nan), 1.0, 0.0)
+    assert bool(up.accepted) and float(up.acceptance_rate) == 1.0
+    assert not bool(nan.accepted) and float(nan.acceptance_rate) == 0.0 and float(state) == 0.0
+
+
+def test_a_state_that_is_not_a_trace_is_an_argument_error():
+    with pytest.raises(pg.ArgumentError, match="mh.init: the starting position must be a pg.Trace"):
+        pg.mc.mh(pg.select("z")).init(jnp.zeros(2))
+    with pytest.raises(pg.ArgumentError, match="hmc: the state must be a pg.Trace"):
+        pg.mc.hmc(pg.select("z"), 0.1).step(jax.random.key(0), jnp.zeros(2))

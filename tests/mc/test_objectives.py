@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 import scipy.stats as st
 
 import probgen as pg
@@ -72,3 +73,16 @@ def test_bound_tightens_with_particles_and_trains():
     for i in range(150):
         params, state = update(params, state, jax.random.key(100 + i))
     assert abs(float(params["scale"]) - 0.8) < 0.15, params
+
+
+def test_batch_gives_the_observations_of_the_step():
+    params, key = {"scale": jnp.asarray(0.5), "log_sd": jnp.asarray(0.0)}, jax.random.key(3)
+    direct = pg.mc.smc_objective(model_fn, num_particles=4, proposal_fn=proposal_fn)
+    for ys in (YS, 2.0 * YS):
+        fixed = pg.mc.smc_objective(model_fn, {"y": ys}, num_particles=4, proposal_fn=proposal_fn)
+        assert float(direct(params, key, {"y": ys})) == float(fixed(params, key))
+    # A batch replaces the observations given to the constructor.
+    fixed = pg.mc.smc_objective(model_fn, {"y": YS}, num_particles=4, proposal_fn=proposal_fn)
+    assert float(fixed(params, key, {"y": 2.0 * YS})) == float(direct(params, key, {"y": 2.0 * YS}))
+    with pytest.raises(pg.SettingError, match="smc_objective: no observations"):
+        direct(params, key)

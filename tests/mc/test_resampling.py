@@ -52,7 +52,7 @@ def test_maybe_resample_keeps_log_mean_exp_and_skips_when_ess_high():
     assert bool(did)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5])
+@pytest.mark.parametrize("bad", [-1e-3, -0.1, 1.5])
 def test_threshold_outside_unit_interval_is_an_error(bad):
     with pytest.raises(ValueError, match="ess_threshold must lie in"):
         pg.mc.maybe_resample(jax.random.key(0), jnp.zeros(3), jnp.zeros(3), bad)
@@ -98,7 +98,7 @@ POST_MEAN, POST_VAR = X_OBS / 1.25, 0.25 / 1.25  # z | x ~ N(x / (1 + 0.25), 0.2
 def test_importance_resampling_posterior_mean(scheme, num_samples):
     # Residual with 200 of 2,000 particles gave a posterior mean of -0.04 (truth 1.84).
     res = pg.mc.importance_sampling(jax.random.key(0), conjugate, {"x": X_OBS}, num_particles=2000)
-    w = np.asarray(pg.mc.normalize(res.log_weights), np.float64)
+    w = np.asarray(pg.mc.normalize_weights(res.log_weights), np.float64)
     z = np.asarray(res.traces["z"], np.float64)
     weighted_mean = float(np.sum(w * z))
     # The weighted particles match the closed form (self-normalized IS, se from the ESS) ...
@@ -190,7 +190,7 @@ def test_unknown_scheme_is_a_setting_error(bad):
         pg.mc.maybe_resample(jax.random.key(0), jnp.zeros(3), jnp.zeros(3), 0.5, bad)
 
 
-@pytest.mark.parametrize("bad", [0.0, -0.1, 1.5, np.float32(1.5), np.float64(0.0), jnp.asarray(2.0)])
+@pytest.mark.parametrize("bad", [-1e-3, -0.1, 1.5, np.float32(1.5), np.float64(-1.0), jnp.asarray(2.0)])
 def test_ess_threshold_out_of_range_is_a_setting_error(bad):
     with pytest.raises(pg.SettingError, match="ess_threshold must lie in"):
         pg.mc.maybe_resample(jax.random.key(0), jnp.zeros(3), jnp.zeros(3), bad)
@@ -216,3 +216,50 @@ def test_traced_ess_threshold_is_checked_under_validate_and_one_always_resamples
     assert bool(resampled(1.0)) and not bool(resampled(0.99))
     with pytest.raises(pg.ValidationError, match="ess_threshold must lie in"):
         pg.validate(resampled)(1.5)
+
+
+# --- the ends of [0, 1]: 0 never resamples, 1 always does ---
+
+SKEWED = jnp.array([0.0, -10.0, -10.0, -10.0, -10.0, -10.0])  # ESS ~ 1 of 6
+
+
+@pytest.mark.parametrize("zero", [0, 0.0, np.float32(0.0), jnp.asarray(0.0)])
+def test_threshold_zero_never_resamples_even_degenerate_weights(zero):
+    x = jnp.arange(6.0)
+    out, lw, did, ancestors = pg.mc.maybe_resample(jax.random.key(0), x, SKEWED, zero)
+    assert not bool(did)
+    np.testing.assert_array_equal(out, x)
+    np.testing.assert_array_equal(lw, SKEWED)
+    np.testing.assert_array_equal(ancestors, np.arange(6))
+
+
+def test_traced_thresholds_zero_and_one_at_the_ends():
+    def resampled(threshold, log_weights):
+        return pg.mc.maybe_resample(jax.random.key(0), jnp.arange(6.0), log_weights, threshold)[2]
+
+    run = jax.jit(resampled)
+    # ESS ~ 1.001 of 6: above 0.1 * 6, below 0.5 * 6
+    assert not bool(run(0.0, SKEWED)) and not bool(run(0.1, SKEWED)) and bool(run(0.5, SKEWED))
+    assert bool(run(1.0, jnp.zeros(6))) and not bool(run(0.0, jnp.zeros(6)))
+    # the same under vmap over thresholds
+    flags = jax.vmap(lambda t: resampled(t, SKEWED))(jnp.array([0.0, 0.5, 1.0]))
+    assert flags.tolist() == [False, True, True]
+
+
+def test_check_ess_threshold_closed_interval_and_the_open_one_for_targets():
+    from probgen.mc.resampling import check_ess_threshold
+
+    check_ess_threshold(0.0, "f")
+    check_ess_threshold(1.0, "f")
+    with pytest.raises(pg.SettingError, match=r"f: ess_threshold must lie in \[0, 1\]"):
+        check_ess_threshold(-1e-6, "f")
+    with pytest.raises(pg.SettingError, match=r"g: target_ess must lie in \(0, 1\]"):
+        check_ess_threshold(0.0, "g", "target_ess", allow_zero=False)
+    check_ess_threshold(1.0, "g", "target_ess", allow_zero=False)
+
+
+def test_bad_particles_and_log_weights_are_setting_errors_naming_the_argument():
+    with pytest.raises(pg.SettingError, match="maybe_resample: every leaf of particles"):
+        pg.mc.maybe_resample(jax.random.key(0), {"x": jnp.zeros(2)}, jnp.zeros(3), 0.5)
+    with pytest.raises(pg.SettingError, match=r"resample: log_weights must have shape \(N,\)"):
+        pg.mc.resample(jax.random.key(0), jnp.zeros((3, 2)))

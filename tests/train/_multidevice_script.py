@@ -69,9 +69,9 @@ observed = jnp.asarray(np.random.default_rng(0).normal(size=num_steps) * 2.0, jn
 
 
 def filter_log_z(scheme, threshold, shard):
-    pf = pg.mc.particle_filter(pg.scan(ar_step, length=num_steps), {"y": observed}, 0.0, num_particles=1024,
+    pf = pg.mc.particle_filter(pg.scan(ar_step, length=num_steps), {"y": observed}, num_particles=1024,
                                scheme=scheme, ess_threshold=threshold)
-    state = pf.init()
+    state = pf.init(0.0)
     if shard:  # the particle axes; the scalar evidence and step index stay replicated
         state = state._replace(**{name: pg.train.shard_leading(getattr(state, name), particles_mesh)
                                   for name in ("carry", "choices", "log_weights")})

@@ -224,15 +224,15 @@ def test_value_is_unbiased_and_works_under_jit_vmap_and_scan():
     _check(grads[:, None], jnp.array([1.0]))
 
 
-def test_vi_vmap_collects_particle_terms():
-    """Particles from pg.vi.vmap: E[mean_k b_k^2 ...] gradient = 1 for Bernoulli(p)."""
+def test_vmap_program_collects_particle_terms():
+    """Particles from pg.vi.vmap_program: E[mean_k b_k^2 ...] gradient = 1 for Bernoulli(p)."""
 
     @pg.gen
     def family(p):
         return pg.sample("b", pg.Bernoulli(probs=p))
 
     def program(key, p):
-        traces = pg.vi.vmap(lambda k: family.simulate(k, p))(jax.random.split(key, 3))
+        traces = pg.vi.vmap_program(lambda k: family.simulate(k, p))(jax.random.split(key, 3))
         return jnp.mean(jnp.asarray(traces.retval, jnp.float32))
 
     est = pg.vi.expectation(program)
@@ -277,7 +277,7 @@ def test_enum_inside_scan_combinator_is_refused():
         _simulate_program(chain).estimate(jax.random.key(0))
 
 
-def test_plain_jax_vmap_leak_points_to_vi_vmap():
+def test_plain_jax_vmap_leak_points_to_vmap_program():
     @pg.gen
     def family():
         return pg.sample("b", pg.Bernoulli(probs=0.5))
@@ -286,7 +286,7 @@ def test_plain_jax_vmap_leak_points_to_vi_vmap():
         traces = jax.vmap(family.simulate)(jax.random.split(key, 3))
         return jnp.mean(traces.score)
 
-    with pytest.raises(pg.vi.EstimatorError, match="pg.vi.vmap"):
+    with pytest.raises(pg.vi.EstimatorError, match="pg.vi.vmap_program"):
         jax.jit(pg.vi.expectation(program).estimate)(jax.random.key(0))
 
 

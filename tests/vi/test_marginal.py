@@ -1,4 +1,4 @@
-"""pg.vi.marginal / normalize: unbiased density and reciprocal-density estimates on exact examples."""
+"""pg.vi.marginal / sir: unbiased density and reciprocal-density estimates on exact examples."""
 
 import itertools
 
@@ -63,7 +63,7 @@ def test_marginal_needs_a_key_for_assess():
         q.assess({"x": 0.0}, 0.0)
 
 
-# normalize: z in {0, 1, 2}, exact SIR density computable by enumeration
+# sir: z in {0, 1, 2}, exact SIR density computable by enumeration
 PROPOSAL_PROBS = jnp.array([0.5, 0.3, 0.2])
 TARGET_WEIGHTS = jnp.array([1.0, 3.0, 0.5])
 
@@ -92,9 +92,9 @@ def _sir_density(num_particles, observation):
 
 
 @pytest.mark.parametrize("num_particles", [2, 3])
-def test_normalize_estimates(num_particles):
+def test_sir_estimates(num_particles):
     observation = 0.4
-    sir = pg.vi.normalize(target, proposal, num_particles)
+    sir = pg.vi.sir(target, proposal, num_particles)
     obs = pg.ChoiceMap({"x": observation})
     exact = _sir_density(num_particles, observation)
 

@@ -278,3 +278,78 @@ def test_multi_particle_elbo_score_function_gradient_is_unbiased():
 def test_elbo_rejects_bad_particle_count():
     with pytest.raises(ValueError, match="num_particles"):
         pg.vi.elbo(model, guide, num_particles=0)
+
+
+# the direct form: objective(params, key, batch), params {"model", "guide"}, batch obs or (obs, *args)
+
+
+@pg.gen
+def shifted_model(mu0, shift):
+    z = pg.sample("z", pg.Normal(mu0 + shift, 1.0))
+    pg.sample("x", pg.Normal(z, 1.0))
+
+
+@pg.gen
+def shifted_guide(m, shift):
+    pg.sample("z", pg.Normal(m + shift, 1.0))
+
+
+@pg.gen
+def shifted_hier_guide(m, shift):
+    a = pg.sample("a", pg.Normal(0.0, 1.0))
+    pg.sample("z", pg.Normal(m + shift + 0.5 * a, 0.5))
+
+
+@pg.gen
+def shifted_reverse(kept, m, shift):
+    pg.sample("a", pg.Normal(kept["z"] - m - shift, 1.0))
+
+
+DIRECT = {
+    "elbo": lambda: pg.vi.elbo(shifted_model, shifted_guide, beta=0.5, num_particles=2),
+    "iwae": lambda: pg.vi.iwae(shifted_model, shifted_guide, 3),
+    "vimco": lambda: pg.vi.vimco(shifted_model, shifted_guide, 3),
+    "hvi": lambda: pg.vi.hvi(shifted_model, shifted_hier_guide, "z", shifted_reverse),
+    "iwhvi": lambda: pg.vi.iwhvi(shifted_model, shifted_hier_guide, "z", shifted_reverse, 3),
+    "diwhvi": lambda: pg.vi.diwhvi(shifted_model, shifted_hier_guide, "z", shifted_reverse, 2, 3),
+    "rws": lambda: pg.vi.rws(shifted_model, shifted_guide, 3),
+    "cubo": lambda: pg.vi.cubo(shifted_model, shifted_guide, 3),
+    "renyi": lambda: pg.vi.renyi(shifted_model, shifted_guide, 0.5, 3),
+    "forward_chi2": lambda: pg.vi.forward_chi2(shifted_model, shifted_guide, 3),
+}
+
+
+@pytest.mark.parametrize("name", list(DIRECT))
+def test_direct_form_is_the_rich_loss_under_the_one_rule(name):
+    objective = DIRECT[name]()
+    key, params = jax.random.key(0), {"model": 0.3, "guide": 0.1}
+    value, grads = jax.value_and_grad(objective)(params, key, (pg.ChoiceMap(OBS), 0.5))
+    rich_value, (model_grads, guide_grads) = jax.value_and_grad(objective.loss, argnums=(2, 3))(
+        key, OBS, (0.3, 0.5), (0.1, 0.5))
+    assert float(value) == float(rich_value)
+    assert float(grads["model"]) == float(model_grads[0]) and float(grads["guide"]) == float(guide_grads[0])
+    # Entries are optional: without "model" the model gets the batch's args only.
+    observations, model_args, guide_args = objective.arguments({"guide": 0.1}, (OBS, 0.5))
+    assert (observations, model_args, guide_args) == (OBS, (0.5,), (0.1, 0.5))
+
+
+@pg.gen
+def prior_guide():
+    pg.sample("z", pg.Normal(0.0, 1.0))
+
+
+def test_direct_form_with_observations_only_and_no_params():
+    objective = pg.vi.elbo(model, prior_guide)  # no parameters anywhere
+    value = objective(None, jax.random.key(1), {"x": X})
+    assert float(value) == float(objective.loss(jax.random.key(1), {"x": X}, (), ()))
+
+
+def test_direct_form_errors_name_the_argument():
+    objective = pg.vi.elbo(shifted_model, shifted_guide)
+    key = jax.random.key(0)
+    with pytest.raises(pg.SettingError, match="params has the entry 'decoder'"):
+        objective({"guide": 0.1, "decoder": 1.0}, key, (OBS, 0.5))
+    with pytest.raises(pg.SettingError, match="params must be a mapping"):
+        objective((0.1,), key, OBS)
+    with pytest.raises(pg.SettingError, match="batch is an empty tuple"):
+        objective({"guide": 0.1}, key, ())
