@@ -44,3 +44,25 @@ def test_public_names_are_unique_across_subpackages():
     for name in pg.__all__:
         if name in owners and not inspect.ismodule(getattr(pg, name)):
             assert getattr(pg, name) is owners[name][1], name
+
+
+def test_layers_import_only_the_layers_above():
+    # The README's architecture map, top to bottom; a module may import its own layer and
+    # the layers above it (distributions may use core's error classes, and nothing else of core).
+    import pathlib
+    import re
+
+    order = ["distributions", "core", "kernels", "dynamics", "vi", "mc", "diffusion", "flows", "train"]
+    rank = {name: i for i, name in enumerate(order)}
+    root = pathlib.Path(pg.__file__).parent
+    upward = []
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        layer = parts[0]
+        if layer not in rank:
+            continue
+        for module in re.findall(r"^\s*(?:from|import) (probgen\.[a-z_.]+)", path.read_text(), re.M):
+            other = module.split(".")[1]
+            if other in rank and rank[other] > rank[layer] and module != "probgen.core.errors":
+                upward.append(f"{path.relative_to(root)} imports {module}")
+    assert upward == []

@@ -50,7 +50,7 @@ import numpy as np
 from probgen.core import handlers
 from probgen.core.choicemap import format_address
 from probgen.core.errors import ProbgenError, StrategyError
-from probgen.core.gfi import zero
+from probgen.core.gfi import zero as _zero
 from probgen.core.numerics import as_float
 from probgen.distributions import mvd, protocol
 from probgen.distributions.strategies import ENUM, MVD, REINFORCE
@@ -94,7 +94,7 @@ class _Collector(handlers.Interceptor):
         self.extras: list[dict] = []
         self.logp_terms: list = []       # REINFORCE log-probs added by vmap_program
         self.zero_terms: list = []       # value-zero surrogate terms (baselines, score terms)
-        self.enum_logw = zero()
+        self.enum_logw = _zero()
         self.mvd_records: list = []      # (ident, terms) from the main run
         self.sites: list[_SiteInfo] = []
 
@@ -177,10 +177,10 @@ class _Collector(handlers.Interceptor):
     def totals(self):
         """(L, value-zero terms) summed over the traces and helpers of this execution."""
         try:
-            logp = sum((e.get(_LOGP, zero()) for e in self.extras), zero())
-            logp = logp + sum(self.logp_terms, zero())
-            zero = sum((e.get(_BASELINE, zero()) for e in self.extras), zero())
-            zero = zero + sum(self.zero_terms, zero())
+            logp = sum((e.get(_LOGP, _zero()) for e in self.extras), _zero())
+            logp = logp + sum(self.logp_terms, _zero())
+            zero = sum((e.get(_BASELINE, _zero()) for e in self.extras), _zero())
+            zero = zero + sum(self.zero_terms, _zero())
             # Touch the values so that an escaped tracer fails here, with our message.
             logp, zero = logp + 0.0, zero + 0.0
         except jax.errors.UnexpectedTracerError as err:
