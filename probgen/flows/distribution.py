@@ -6,10 +6,11 @@ leaves; the layers are static), so ``pg.sample("z", flow)`` draws pathwise (REPA
 default), the PATH strategy (sticking the landing) stops gradients through its
 parameters in the density, and ``jax.grad`` of a guide's score reaches ``params``.
 
-Why plain pytree params and not flax nnx modules: a flow's parameters must be an
-argument of the generative function (``guide.simulate(key, params)``) so that
-``jax.grad`` over that argument is the whole story. A nested dict of arrays is already
-that; an nnx module would need ``nnx.split``/``merge`` at every boundary.
+Why plain pytree params and not flax nnx modules: a flow's parameters are an argument
+of the generative function (``guide.simulate(key, params)``), so that ``jax.grad`` over
+that argument is the whole story, and they are what ``pg.sweep`` stacks per member. A
+nested dict of arrays is the lightest such pytree. (A guide may still take an nnx or
+equinox module as its argument: ``pg.fit`` and traces accept modules as parameters.)
 """
 
 from __future__ import annotations
