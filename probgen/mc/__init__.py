@@ -1,4 +1,4 @@
-"""Monte Carlo: importance sampling, SMC, resampling, tempering and MCMC moves.
+"""Monte Carlo: importance sampling, SMC, resampling, tempering, MCMC moves and their diagnostics.
 
 Every sampler is a :class:`pg.Kernel` (``init(position_or_particles)``, ``step``) with
 NamedTuple states and infos, driven by :func:`pg.run`; particles carry a leading particle
@@ -6,6 +6,7 @@ axis. Infos name the same quantity the same way: ``acceptance_rate``, ``ess``,
 ``log_weights``.
 """
 
+from probgen.mc.diagnostics import MCMCSummary, bulk_ess, mcmc_summary, rank_normalized_rhat, tail_ess
 from probgen.mc.importance import (
     ImportanceResult,
     importance_resampling,
@@ -38,6 +39,7 @@ from probgen.mc.tempering import (
 )
 
 __all__ = [
+    "MCMCSummary", "bulk_ess", "mcmc_summary", "rank_normalized_rhat", "tail_ess",
     "ImportanceResult", "MCMCInfo", "ParticleState", "SCHEMES", "SMCInfo", "SMCResult", "TemperedInfo",
     "TemperedResult", "TemperedState", "ess", "hmc", "hmc_proposal", "importance_resampling",
     "importance_sampling", "importance_weight", "log_mean_exp", "mala", "mala_proposal", "maybe_resample",
