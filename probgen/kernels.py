@@ -39,7 +39,7 @@ Kernels with a fixed time grid compute each step's time from that integer index 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -152,7 +152,7 @@ def grid_time(step: jax.Array, num_steps: int, start: float, end: float, dtype) 
     return jnp.where(step == 0, jnp.asarray(start, dtype), jnp.where(step == num_steps, jnp.asarray(end, dtype), inner))
 
 
-def run(kernel: Kernel, key: jax.Array, state: Any, num_steps: int, keep: str = "last"):
+def run(kernel: Kernel, key: jax.Array, state: Any, num_steps: int, keep: str | Callable[[Any], Any] = "last"):
     """Drive ``kernel`` for ``num_steps`` steps with ``lax.scan``.
 
     Step ``i`` (counting from 0 in this call) uses the key ``jax.random.fold_in(key, i)``.
@@ -167,7 +167,10 @@ def run(kernel: Kernel, key: jax.Array, state: Any, num_steps: int, keep: str = 
       num_steps: a static positive int, at most ``kernel.horizon`` when that is set.
       keep: ``"last"`` returns ``(final_state, last_info)`` and stores nothing per
         step (memory O(1) in ``num_steps``); ``"all"`` returns
-        ``(final_state, (states, infos))`` with a leading step axis.
+        ``(final_state, (states, infos))`` with a leading step axis; a function
+        ``keep(state)`` returns ``(final_state, (kept, infos))`` where ``kept`` stacks
+        ``keep`` of each step's state (e.g. the positions only, not the observed data or
+        the gradients every state carries).
 
     Raises:
       SettingError: ``num_steps`` is not a positive int, exceeds ``kernel.horizon``, or
@@ -179,10 +182,13 @@ def run(kernel: Kernel, key: jax.Array, state: Any, num_steps: int, keep: str = 
         >>> final, (states, infos) = pg.run(walk, jax.random.key(0), walk.init(0.0), 5, keep="all")
         >>> float(final), states.shape
         (5.0, (5,))
+        >>> _, (squares, _) = pg.run(walk, jax.random.key(0), walk.init(0.0), 3, keep=lambda x: x**2)
+        >>> squares.tolist()
+        [1.0, 4.0, 9.0]
     """
     num_steps = static_int(num_steps, "num_steps", "run")
-    if keep not in ("last", "all"):
-        raise SettingError(f"run: keep must be 'last' or 'all', got {keep!r}")
+    if not (keep in ("last", "all") or callable(keep)):
+        raise SettingError(f"run: keep must be 'last', 'all' or a function of the state, got {keep!r}")
     horizon = getattr(kernel, "horizon", None)
     if horizon is not None and num_steps > horizon:
         raise SettingError(
@@ -194,11 +200,13 @@ def run(kernel: Kernel, key: jax.Array, state: Any, num_steps: int, keep: str = 
         return kernel.step(jax.random.fold_in(key, index), s)
 
     start = jnp.zeros((), jnp.int32)
-    if keep == "all":
+    if keep == "all" or callable(keep):
+        kept_of = (lambda s: s) if keep == "all" else keep
+
         def body(carry, _):
             s, index = carry
             s, info = one_step(s, index)
-            return (s, index + 1), (s, info)
+            return (s, index + 1), (kept_of(s), info)
 
         (final, _), trajectory = jax.lax.scan(body, (state, start), None, length=num_steps)
         return final, trajectory

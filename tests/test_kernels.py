@@ -203,3 +203,24 @@ def test_every_mc_kernel_starts_from_its_position_and_reports_acceptance_rate(na
     assert "acceptance_rate" in info._fields
     assert 0.0 <= float(info.acceptance_rate) <= 1.0
     assert jax.tree.structure(final) == jax.tree.structure(state)
+
+
+def test_run_keeps_a_function_of_the_state():
+    # A state that carries a large constant (observed data) next to the position: keep
+    # stores only what it returns, and it equals the same part of keep="all".
+    data = jnp.arange(1000.0)
+
+    def step(key, state):
+        x, d = state
+        x = 0.9 * x + jax.random.normal(key) + d[0]
+        return (x, d), {"x": x}
+
+    walk = pg.Kernel(init=lambda x0: (jnp.asarray(x0), data), step=step)
+    final_all, (states, infos_all) = pg.run(walk, jax.random.key(0), walk.init(0.0), 20, keep="all")
+    final, (kept, infos) = pg.run(walk, jax.random.key(0), walk.init(0.0), 20, keep=lambda s: s[0])
+    assert states[1].shape == (20, 1000) and kept.shape == (20,)
+    np.testing.assert_array_equal(kept, states[0])
+    np.testing.assert_array_equal(final[0], final_all[0])
+    np.testing.assert_array_equal(infos["x"], infos_all["x"])
+    with pytest.raises(pg.SettingError, match="keep must be"):
+        pg.run(walk, jax.random.key(0), walk.init(0.0), 2, keep="some")
