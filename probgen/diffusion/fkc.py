@@ -25,10 +25,10 @@ import jax
 import jax.numpy as jnp
 
 from probgen.core.errors import SettingError
-from probgen.diffusion.samplers import _check_common, _particles, time_grid
+from probgen.diffusion.samplers import _check_common, _particles
 from probgen.diffusion.sde import SDE, ScoreFn, checked_score
-from probgen.dynamics import euler_maruyama_step
-from probgen.kernels import Kernel, check_horizon, run
+from probgen.dynamics import euler_maruyama_step, grid_times
+from probgen.kernels import Kernel, run
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, maybe_resample
 
 
@@ -84,7 +84,7 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
         raise SettingError(f"feynman_kac: the betas must sum to a positive number, got {betas}")
     check_ess_threshold(ess_threshold, "feynman_kac")  # [0, 1]: 0 never resamples, 1 always
     check_scheme(scheme, "feynman_kac")
-    grid = time_grid(sde, num_steps, t_min)
+    times = grid_times("feynman_kac", num_steps, sde.t_max, t_min)
     prepare = _particles("feynman_kac")
 
     def init(x, log_weights=None):
@@ -95,8 +95,7 @@ def feynman_kac(sde: SDE, score_fns: Sequence[ScoreFn], betas: Sequence[float], 
 
     def step(key, state):
         k_move, k_resample = jax.random.split(key)
-        check_horizon(state.step, num_steps, "feynman_kac")
-        t, s = grid(state.step, state.x.dtype), grid(state.step + 1, state.x.dtype)
+        t, s = times(state.step, state.x.dtype)
         x = state.x
         scores = [fn(x, t) for fn in score_fns]
         combined = sum(b * sc for b, sc in zip(betas, scores))

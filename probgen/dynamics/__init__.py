@@ -23,6 +23,7 @@ from probgen.dynamics.integrators import (
     cnf_integrator,
     cnf_log_prob,
     grid_kernel,
+    grid_times,
     ode_integrator,
     sde_integrator,
     solve_ode,
@@ -31,6 +32,6 @@ from probgen.dynamics.solvers import METHODS, euler_maruyama_step, ode_step
 
 __all__ = [
     "METHODS", "ode_step", "euler_maruyama_step", "divergence",
-    "IntegratorState", "IntegratorInfo", "CNFState", "grid_kernel", "ode_integrator", "sde_integrator",
+    "IntegratorState", "IntegratorInfo", "CNFState", "grid_kernel", "grid_times", "ode_integrator", "sde_integrator",
     "cnf_integrator", "solve_ode", "cnf_log_prob",
 ]

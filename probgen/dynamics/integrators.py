@@ -57,8 +57,19 @@ def _time_dtype(x):
     return jnp.result_type(*jax.tree.leaves(x))
 
 
-def _grid(name: str, num_steps: int, t0: float, t1: float):
-    """``times(step, dtype) -> (t, t_next)`` on the uniform grid, checking the horizon."""
+def grid_times(name: str, num_steps: int, t0: float, t1: float) -> Callable:
+    """``times(step, dtype) -> (t, t_next)`` on the uniform grid from ``t0`` to ``t1``.
+
+    Every step of a fixed-horizon kernel on the grid calls it: it checks the horizon
+    (:func:`probgen.kernels.check_horizon`, under ``pg.validate``) and computes both times
+    from the integer index in ``dtype`` (:func:`probgen.kernels.grid_time`).
+
+    Example:
+        >>> import jax.numpy as jnp, probgen as pg
+        >>> times = pg.dynamics.grid_times("my_kernel", 4, 1.0, 0.0)
+        >>> [float(t) for t in times(jnp.int32(1), jnp.float32)]
+        [0.75, 0.5]
+    """
 
     def times(step, dtype):
         check_horizon(step, num_steps, name)
@@ -92,7 +103,7 @@ def grid_kernel(move: Callable, t0: float, t1: float, num_steps: int, name: str 
         (1.0, 1.0, 1.0)
     """
     num_steps = static_int(num_steps, "num_steps", name)
-    times = _grid(name, num_steps, t0, t1)
+    times = grid_times(name, num_steps, t0, t1)
     prepare = as_float if prepare is None else prepare
 
     def init(x) -> IntegratorState:
@@ -223,7 +234,7 @@ def cnf_integrator(velocity: Callable, t0: float = 1.0, t1: float = 0.0, num_ste
     check_method(method, name)
     num_probes = check_divergence_settings(divergence, num_probes, probe, name)
     num_steps = static_int(num_steps, "num_steps", name)
-    times = _grid(name, num_steps, t0, t1)
+    times = grid_times(name, num_steps, t0, t1)
 
     def init(x) -> CNFState:
         x = as_float(jnp.asarray(x))

@@ -26,9 +26,9 @@ import numpy as np
 
 from probgen.core.checks import static_int
 from probgen.core.numerics import as_float, log_mean_exp
-from probgen.dynamics import IntegratorInfo, euler_maruyama_step
+from probgen.dynamics import IntegratorInfo, euler_maruyama_step, grid_times
 from probgen.flows.nets import init_mlp, mlp
-from probgen.kernels import Kernel, check_horizon, grid_time, run
+from probgen.kernels import Kernel, run
 
 _NUM_FREQ = 4
 
@@ -107,13 +107,13 @@ def pis_sampler(params: dict, log_target: Callable, dim: int, num_steps: int = 5
     num_steps = static_int(num_steps, "num_steps", "pis_sampler")
     h = 1.0 / num_steps
     dtype = jnp.result_type(*jax.tree.leaves(params), float)
+    times = grid_times("pis_sampler", num_steps, 0.0, 1.0)
 
     def init():
         return PISState(jnp.zeros(dim, dtype), jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
 
     def step(key, state):
-        check_horizon(state.step, num_steps, "pis_sampler")
-        t, t_next = (grid_time(i, num_steps, 0.0, 1.0, dtype) for i in (state.step, state.step + 1))
+        t, t_next = times(state.step, dtype)
         u = pis_control(params, t, state.x, log_target)
         u_move = jax.lax.stop_gradient(u) if detach else u
         x = euler_maruyama_step(key, lambda *_: sigma * u_move, sigma, t, state.x, h)
