@@ -160,13 +160,18 @@ class _Handler:
                 f"address {format_address(full)!r} is a primitive sample site, but the constraints "
                 "hold a choice map there"
             )
+        space = handlers.unconstrained_site(full) if value is not None else None
+        bijection = _bijection(full, dist) if space is not None else None
         if value is not None:
             value = jnp.asarray(value)
+            if bijection is not None and not space.inverse:
+                expected = tuple(bijection.inverse_shape(expected))
             if tuple(value.shape) != expected:
+                what = "unconstrained coordinates" if bijection is not None and not space.inverse else "values"
                 raise ConstraintError(
                     f"constraint at {format_address(full)!r} has shape {tuple(value.shape)}, but its "
-                    f"distribution {type(dist).__name__} draws values of shape {expected} "
-                    "(batch_shape + event_shape)"
+                    f"distribution {type(dist).__name__} takes {what} of shape {expected}"
+                    + ("" if bijection is not None else " (batch_shape + event_shape)")
                 )
         elif self.mode is Mode.ASSESS:
             raise MissingChoiceError(
@@ -192,6 +197,9 @@ class _Handler:
             given_log_p = protocol.log_density(dist, value)
             log_p = jnp.where(absent, protocol.log_density(drawn_dist, value), given_log_p)
             self.weight = self.weight + jnp.where(absent, jnp.zeros_like(given_log_p), given_log_p)
+        elif bijection is not None:
+            log_p, value = _unconstrained_density(dist, bijection, value, space.inverse)
+            self.weight = self.weight + log_p
         else:
             log_p = protocol.log_density(dist, value)
             self.weight = self.weight + log_p
@@ -281,6 +289,45 @@ def gen(fn: Callable) -> GenFn:
         -1.8379
     """
     return GenFn(fn)
+
+
+def _bijection(full, dist):
+    """``biject_to`` of the site's support: the map from the real line onto it."""
+    from numpyro.distributions.transforms import biject_to
+
+    support = protocol.support(dist)
+    if support is None:
+        raise ArgumentError(
+            f"sample site {format_address(full)!r}: {type(dist).__name__} declares no support, so it "
+            "cannot be moved in unconstrained coordinates; set its `support` to a "
+            "numpyro.distributions.constraints constraint"
+        )
+    if support.is_discrete:
+        raise ArgumentError(
+            f"sample site {format_address(full)!r} is discrete ({type(dist).__name__}, support "
+            f"{support}); gradient-based moves need continuous latents (observe it, or move it with "
+            "pg.mc.regenerate)"
+        )
+    try:
+        return biject_to(support)
+    except NotImplementedError:
+        raise ArgumentError(
+            f"sample site {format_address(full)!r}: no bijection onto the support {support} of "
+            f"{type(dist).__name__} is known (a support that depends on other choices?)"
+        ) from None
+
+
+def _unconstrained_density(dist, bijection, value, inverse: bool):
+    """``(log_p, recorded value)`` of a site given in the other coordinate system.
+
+    Forward: ``value`` is ``u``; the site holds ``x = T(u)`` with density
+    ``p(x) |det dT/du|``. Inverse: ``value`` is ``x``; the trace records ``T^{-1}(x)``.
+    """
+    if inverse:
+        return protocol.log_density(dist, value), bijection.inv(value)
+    x = bijection(value)
+    log_det = jnp.sum(bijection.log_abs_det_jacobian(value, x))
+    return protocol.log_density(dist, x) + log_det, x
 
 
 def _check_distribution(full, dist, value) -> None:

@@ -105,6 +105,19 @@ class PlaceholderScope(NamedTuple):
     """Given values here may be placeholders (switch branches, padded scan steps): absent."""
 
 
+class Unconstrained(NamedTuple):
+    """Given values at the selected (full) addresses live in unconstrained coordinates.
+
+    ``inverse=False``: a given value ``u`` is mapped onto its site's support by
+    ``biject_to(support)`` and the site's log density gains ``log |det J|`` (the density of
+    ``u``); the trace records the constrained value. ``inverse=True``: given values are
+    constrained ones, and the trace records their unconstrained coordinates instead.
+    """
+
+    selection: Any   # a pg.Selection over full addresses
+    inverse: bool
+
+
 class Validating(NamedTuple):
     """Run-time checks are inserted while this is innermost-true (see ``pg.validate``)."""
 
@@ -170,6 +183,12 @@ def record_switched(paths) -> None:
     call = innermost(PublicCall)
     if call is not None:
         call.switched.update(full_address(p) for p in paths)
+
+
+def unconstrained_site(full: tuple[str, ...]) -> Unconstrained | None:
+    """The innermost :class:`Unconstrained` handler when it covers the site at ``full``."""
+    space = innermost(Unconstrained)
+    return space if space is not None and space.selection.contains(full) else None
 
 
 def is_validating() -> bool:

@@ -56,6 +56,9 @@ class Distribution:
     """
 
     has_rsample: bool = False
+    #: The set of values, as a ``numpyro.distributions.constraints`` constraint; gradient-based
+    #: MCMC maps it to the real line with ``biject_to``. None: undeclared (MCMC refuses the site).
+    support: Any = None
 
     def sample(self, key: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -164,6 +167,39 @@ def draw(dist: Any, key: jax.Array, pathwise: bool) -> jax.Array:
     else:
         value = dist.sample(key)
     return value if pathwise else jax.lax.stop_gradient(value)
+
+
+# distrax families and their supports (distrax has no ``support`` attribute).
+_DISTRAX_SUPPORTS = {
+    "Normal": "real", "MultivariateNormalDiag": "real", "MultivariateNormalTri": "real",
+    "MultivariateNormalFullCovariance": "real", "MultivariateNormalDiagPlusLowRank": "real",
+    "Laplace": "real", "Logistic": "real", "Gumbel": "real",
+    "Gamma": "positive", "LogStddevNormal": "real", "Beta": "unit_interval",
+}
+
+
+def support(dist: Any):
+    """The support of ``dist`` as a numpyro constraint, or None when it is not declared.
+
+    Example:
+        >>> import probgen as pg
+        >>> from probgen.distributions.protocol import support
+        >>> support(pg.HalfNormal(1.0))
+        Positive(lower_bound=0.0)
+    """
+    from numpyro.distributions import constraints
+
+    dist = unwrap(dist)[0]
+    declared = getattr(dist, "support", None)
+    if isinstance(declared, constraints.Constraint):
+        return declared
+    if is_distrax(dist):
+        name = _DISTRAX_SUPPORTS.get(type(dist).__name__)
+        if name is not None:
+            return getattr(constraints, name)
+        if type(dist).__name__ == "Uniform":
+            return constraints.interval(dist.low, dist.high)
+    return None
 
 
 def log_density(dist: Any, value: jax.Array) -> jax.Array:

@@ -6,7 +6,18 @@ axis. Infos name the same quantity the same way: ``acceptance_rate``, ``ess``,
 ``log_weights``.
 """
 
-from probgen.mc.diagnostics import MCMCSummary, bulk_ess, mcmc_summary, rank_normalized_rhat, tail_ess
+from probgen.mc.diagnostics import MCMCSummary, bulk_ess, rank_normalized_rhat, summary, tail_ess
+from probgen.mc.export import to_arviz
+from probgen.mc.chains import CHAIN_METHODS, MCMCResult, run_mcmc
+from probgen.mc.hamiltonian import (
+    AdaptationInfo,
+    HamiltonianInfo,
+    HamiltonianState,
+    WindowAdaptationState,
+    adapted_parameters,
+    nuts,
+    window_adaptation,
+)
 from probgen.mc.importance import (
     ImportanceResult,
     importance_resampling,
@@ -15,6 +26,7 @@ from probgen.mc.importance import (
 )
 from probgen.mc.mcmc import MCMCInfo, hmc, hmc_proposal, mala, mala_proposal, mh, regenerate, rw_proposal
 from probgen.mc.objectives import smc_objective
+from probgen.mc.posterior import Posterior, posterior
 from probgen.mc.replay import replay_generate
 from probgen.mc.resampling import (
     SCHEMES,
@@ -29,19 +41,24 @@ from probgen.mc.resampling import (
     systematic,
 )
 from probgen.mc.smc import ParticleState, SMCInfo, SMCResult, particle_filter, smc
+from probgen.mc.smoothing import SmoothedPaths, backward_simulation_smoother, genealogy_smoother
 from probgen.mc.tempering import (
     TemperedInfo,
     TemperedResult,
     TemperedState,
+    TemperingTarget,
     next_beta,
     tempered_smc,
     tempered_smc_kernel,
 )
 
 __all__ = [
-    "MCMCSummary", "bulk_ess", "mcmc_summary", "rank_normalized_rhat", "tail_ess",
+    "AdaptationInfo", "CHAIN_METHODS", "HamiltonianInfo", "HamiltonianState", "MCMCResult", "Posterior",
+    "WindowAdaptationState", "adapted_parameters", "nuts", "posterior", "run_mcmc", "window_adaptation",
+    "MCMCSummary", "bulk_ess", "rank_normalized_rhat", "summary", "tail_ess", "to_arviz",
+    "SmoothedPaths", "backward_simulation_smoother", "genealogy_smoother",
     "ImportanceResult", "MCMCInfo", "ParticleState", "SCHEMES", "SMCInfo", "SMCResult", "TemperedInfo",
-    "TemperedResult", "TemperedState", "ess", "hmc", "hmc_proposal", "importance_resampling",
+    "TemperedResult", "TemperedState", "TemperingTarget", "ess", "hmc", "hmc_proposal", "importance_resampling",
     "importance_sampling", "importance_weight", "log_mean_exp", "mala", "mala_proposal", "maybe_resample",
     "mh", "multinomial", "next_beta", "normalize_weights", "particle_filter", "regenerate", "replay_generate",
     "resample", "residual", "rw_proposal", "smc", "smc_objective", "stratified", "systematic",

@@ -24,8 +24,11 @@ import jax.numpy as jnp
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, Selection, as_selection, format_address
 from probgen.core.errors import ArgumentError, ConstraintError, SettingError
+from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
+from probgen.core.unconstrained import assess_unconstrained, to_unconstrained
 from probgen.kernels import Kernel
+from probgen.mc.posterior import Posterior, as_logdensity
 
 
 class MCMCInfo(NamedTuple):
@@ -140,6 +143,13 @@ def mala_proposal(key: jax.Array, position, logdensity_fn: Callable, step_size: 
     """
     value_and_grad = jax.value_and_grad(logdensity_fn)
     logp, grad = value_and_grad(position)
+    proposed, log_alpha, _, _ = _mala_step(key, position, logp, grad, value_and_grad, step_size)
+    return proposed, log_alpha
+
+
+def _mala_step(key, position, logp, grad, value_and_grad, step_size):
+    """A MALA proposal from a point whose log density and gradient are known:
+    ``(proposed, log_alpha, its log density, its gradient)``."""
     noise = _normal_like(key, position)
     proposed = jax.tree.map(lambda x, g, e: x + step_size * g + jnp.sqrt(2.0 * step_size) * e,
                             position, grad, noise)
@@ -150,7 +160,7 @@ def mala_proposal(key: jax.Array, position, logdensity_fn: Callable, step_size: 
         return -_sq_norm(diff) / (4.0 * step_size)
 
     log_alpha = new_logp - logp + log_q(position, proposed, new_grad) - log_q(proposed, position, grad)
-    return proposed, log_alpha
+    return proposed, log_alpha, new_logp, new_grad
 
 
 def hmc_proposal(key: jax.Array, position, logdensity_fn: Callable, step_size: float,
@@ -195,12 +205,30 @@ def hmc_proposal(key: jax.Array, position, logdensity_fn: Callable, step_size: f
     return proposed, log_alpha
 
 
-def _trace_logdensity(trace: Trace):
-    def logdensity(values):
-        logp, _ = trace.gf.assess(trace.choices.merge(values), *trace.args)
-        return logp
+def _gradient_move(where: str, selection, propose: Callable) -> Kernel:
+    """An MH kernel over traces moving the selected continuous choices in unconstrained coordinates.
 
-    return logdensity
+    The selected values are mapped to the real line (``biject_to`` of each site's support,
+    :mod:`probgen.core.unconstrained`); ``propose(key, u, logdensity) -> (u', log_alpha)``
+    works there, on the density of ``u`` (log-det Jacobians included), so a positive or
+    bounded choice never leaves its support.
+    """
+
+    def step(key, trace):
+        values = _selected(trace, selection, where, continuous=True)
+        k_prop, k_update, k_accept = jax.random.split(key, 3)
+        gf, args = trace.gf, trace.args
+        coordinates = to_unconstrained(gf, trace.choices, args, selection).filter(selection)
+
+        def logdensity(u):
+            return assess_unconstrained(gf, trace.choices.merge(u), args, selection).score
+
+        proposed_u, log_alpha = propose(k_prop, coordinates, logdensity)
+        proposed = assess_unconstrained(gf, trace.choices.merge(proposed_u), args, selection).choices
+        new_trace, _, _ = gf.update(k_update, trace, proposed.filter(values.addresses()))
+        return mh_accept(k_accept, log_alpha, new_trace, trace)
+
+    return Kernel(init=_init_trace(where), step=step)
 
 
 def _check_step_size(step_size, where):
@@ -217,18 +245,17 @@ def _init_trace(where):
 
 
 def _trace_move(where: str, selection, propose: Callable) -> Kernel:
-    """An MH kernel over traces moving the selected continuous choices.
+    """A random-walk MH kernel over traces moving the selected continuous choices.
 
-    ``propose(key, values, logdensity) -> (proposed_values, log_alpha)``; a ``log_alpha``
-    of ``None`` means a symmetric proposal, accepted on the weight of the GF's ``update``.
+    ``propose(key, values) -> proposed_values`` must be symmetric: the move is accepted on
+    the weight of the GF's ``update``.
     """
 
     def step(key, trace):
         values = _selected(trace, selection, where, continuous=True)
         k_prop, k_update, k_accept = jax.random.split(key, 3)
-        proposed, log_alpha = propose(k_prop, values, _trace_logdensity(trace))
-        new_trace, log_weight, _ = trace.gf.update(k_update, trace, proposed)
-        return mh_accept(k_accept, log_weight if log_alpha is None else log_alpha, new_trace, trace)
+        new_trace, log_weight, _ = trace.gf.update(k_update, trace, propose(k_prop, values))
+        return mh_accept(k_accept, log_weight, new_trace, trace)
 
     return Kernel(init=_init_trace(where), step=step)
 
@@ -261,18 +288,26 @@ def mh(selection, scale: float = 1.0) -> Kernel:
     """
     selection = as_selection(selection)
     _check_step_size(scale, "mh")
-    return _trace_move("mh", selection, lambda key, values, _: (rw_proposal(key, values, scale), None))
+    return _trace_move("mh", selection, lambda key, values: rw_proposal(key, values, scale))
 
 
-def mala(selection, step_size: float) -> Kernel:
-    """Metropolis-adjusted Langevin on the selected continuous choices of a trace.
+def mala(target, step_size: float) -> Kernel:
+    """Metropolis-adjusted Langevin, on a trace's selected choices or on a position.
+
+    ``target`` picks what moves:
+
+    * a ``pg.Selection`` (or addresses): the kernel's state is a ``pg.Trace`` and the
+      selected continuous choices move, in unconstrained coordinates (each site's support
+      mapped to the real line by ``biject_to``, the log-det Jacobian in the density);
+    * a ``logdensity(position)`` function or a :func:`pg.mc.posterior`: the state is a
+      :class:`HamiltonianState` on the position.
 
     Args:
-      selection: a ``pg.Selection`` or addresses.
+      target: a selection, a log density or a posterior.
       step_size: the Langevin step ``eps`` (proposal variance ``2 eps``).
 
     Returns:
-      A MALA :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
+      A MALA :class:`pg.Kernel` (info: :class:`MCMCInfo`).
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -284,29 +319,66 @@ def mala(selection, step_size: float) -> Kernel:
         >>> _, (_, infos) = pg.run(kernel, jax.random.key(1), kernel.init(trace), 200, keep="all")
         >>> bool(0.5 < infos.acceptance_rate.mean() <= 1.0)
         True
+        >>> on_position = pg.mc.mala(lambda x: -0.5 * jnp.sum(x**2), step_size=0.3)
+        >>> state, info = on_position.step(jax.random.key(2), on_position.init(jnp.zeros(3)))
+        >>> state.position.shape
+        (3,)
 
     Reference: Roberts & Tweedie, "Exponential convergence of Langevin distributions
     and their discrete approximations", Bernoulli 1996.
     """
-    selection = as_selection(selection)
     _check_step_size(step_size, "mala")
-    return _trace_move("mala", selection,
-                       lambda key, values, logdensity: mala_proposal(key, values, logdensity, step_size))
+    if _is_density(target):
+        return _mala_position_kernel(target, step_size)
+    selection = as_selection(target)
+    return _gradient_move("mala", selection,
+                          lambda key, values, logdensity: mala_proposal(key, values, logdensity, step_size))
 
 
-def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
-    """Hamiltonian Monte Carlo on the selected continuous choices of a trace.
+def _is_density(target) -> bool:
+    """Whether a move's target is a log density or a posterior (not a trace selection)."""
+    return isinstance(target, Posterior) or (callable(target) and not isinstance(target, (Selection, GenerativeFunction)))
 
-    Unit mass matrix; ``num_leapfrog_steps`` leapfrog steps of size ``step_size``;
-    accepted with ``min(1, exp(H_old - H_new))``.
+
+def _mala_position_kernel(target, step_size) -> Kernel:
+    from probgen.mc.hamiltonian import HamiltonianState, _init_state
+
+    logdensity = as_logdensity(target, "mala")
+    value_and_grad = jax.value_and_grad(logdensity)
+
+    def step(key, state):
+        k_prop, k_accept = jax.random.split(key)
+        proposed, log_alpha, new_logp, new_grad = _mala_step(
+            k_prop, state.position, state.logdensity, state.logdensity_grad, value_and_grad, step_size)
+        dtype = state.logdensity.dtype
+        return mh_accept(k_accept, log_alpha, HamiltonianState(proposed, new_logp.astype(dtype), new_grad), state)
+
+    return Kernel(init=lambda position: _init_state(logdensity, position), step=step)
+
+
+def hmc(target, step_size: float, num_leapfrog_steps: int = 10, inverse_mass_matrix=None) -> Kernel:
+    """Hamiltonian Monte Carlo, on a trace's selected choices or on a position.
+
+    ``num_leapfrog_steps`` leapfrog steps of size ``step_size``, accepted with
+    ``min(1, exp(H_old - H_new))``. ``target`` picks what moves:
+
+    * a ``pg.Selection`` (or addresses): the state is a ``pg.Trace``; the selected
+      continuous choices move in unconstrained coordinates (each site's support mapped to
+      the real line by ``biject_to``; a positive scale needs no hand rescaling), with a
+      unit mass matrix; info: :class:`MCMCInfo`;
+    * a ``logdensity(position)`` function or a :func:`pg.mc.posterior`: the state is a
+      :class:`HamiltonianState`, ``inverse_mass_matrix`` (``(d,)`` or ``(d, d)``) applies,
+      and the info is a :class:`HamiltonianInfo` (with ``is_divergent``). Tune it with
+      :func:`pg.mc.window_adaptation` (``algorithm="hmc"``).
 
     Args:
-      selection: a ``pg.Selection`` or addresses.
+      target: a selection, a log density or a posterior.
       step_size: leapfrog step size.
       num_leapfrog_steps: a static positive int.
+      inverse_mass_matrix: for a position target only; None is the identity.
 
     Returns:
-      An HMC :class:`pg.Kernel` (``init(trace)``; info: :class:`MCMCInfo`).
+      An HMC :class:`pg.Kernel`.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg
@@ -323,10 +395,17 @@ def hmc(selection, step_size: float, num_leapfrog_steps: int = 10) -> Kernel:
 
     Reference: Neal, "MCMC using Hamiltonian dynamics", Handbook of MCMC, 2011.
     """
-    selection = as_selection(selection)
     _check_step_size(step_size, "hmc")
     num_leapfrog_steps = static_int(num_leapfrog_steps, "num_leapfrog_steps", "hmc")
-    return _trace_move("hmc", selection, lambda key, values, logdensity: hmc_proposal(
+    if _is_density(target):
+        from probgen.mc.hamiltonian import hmc_position_kernel
+
+        return hmc_position_kernel(target, step_size, num_leapfrog_steps, inverse_mass_matrix)
+    if inverse_mass_matrix is not None:
+        raise SettingError("hmc: inverse_mass_matrix applies to a log density or a pg.mc.posterior target; "
+                           "moves on a trace selection use a unit mass matrix")
+    selection = as_selection(target)
+    return _gradient_move("hmc", selection, lambda key, values, logdensity: hmc_proposal(
         key, values, logdensity, step_size, num_leapfrog_steps))
 
 

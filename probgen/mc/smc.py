@@ -15,15 +15,18 @@ Reference: Doucet & Johansen, "A tutorial on particle filtering and smoothing", 
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from probgen.core import handlers
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.combinators import Scan
 from probgen.core.errors import ArgumentError, ConstraintError, SettingError
+from probgen.core.gen import placeholder_like
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.validation import check
 from probgen.kernels import Kernel, run
@@ -116,6 +119,90 @@ def _check_observations(observations: ChoiceMap, num_steps: int, where: str) -> 
             )
 
 
+def _check_missing(obs_mask, observations: ChoiceMap, num_steps: int, where: str) -> ChoiceMap | None:
+    """``obs_mask`` as a choice map of booleans keyed like ``observations`` (None: all observed);
+    a NaN observation that the mask does not mark missing is a ``ConstraintError`` when the
+    values are known now (traced ones are checked at run time under ``pg.validate``)."""
+    masks = _obs_mask(obs_mask, observations, num_steps, where)
+    for address, value in observations.to_dict().items():
+        values = concrete_value(value)
+        mask = np.ones((), bool) if masks is None else concrete_value(masks[address])
+        if values is None or mask is None or not np.issubdtype(values.dtype, np.floating):
+            continue
+        mask = mask.reshape(mask.shape + (1,) * (values.ndim - mask.ndim))
+        bad = np.isnan(values) & mask
+        if bad.any():
+            steps = np.flatnonzero(bad.reshape(num_steps, -1).any(axis=1))
+            raise ConstraintError(
+                f"{where}: the observations at {format_address(address)!r} are NaN at step(s) "
+                f"{', '.join(map(str, steps[:5]))}{', ...' if steps.size > 5 else ''}; mark missing "
+                "observations with obs_mask (False where missing) instead"
+            )
+    return masks
+
+
+def _obs_mask(obs_mask, observations: ChoiceMap, num_steps: int, where: str) -> ChoiceMap | None:
+    """``obs_mask`` as a choice map of booleans keyed like ``observations`` (None: all observed)."""
+    if obs_mask is None:
+        return None
+    per_address = as_choicemap(obs_mask) if isinstance(obs_mask, Mapping) else None
+    if per_address is not None:
+        unknown = [a for a in per_address.addresses() if a not in observations]
+        if unknown:
+            observed = ", ".join(format_address(a) for a in observations.addresses()) or "none"
+            raise ConstraintError(f"{where}: obs_mask names {format_address(unknown[0])!r}, which is not an "
+                                  f"observed address (observed: {observed})")
+    masks = {}
+    for address, value in observations.to_dict().items():
+        if per_address is None:
+            mask = obs_mask
+        else:
+            mask = per_address[address] if address in per_address else jnp.ones((num_steps,), bool)
+        mask, value = jnp.asarray(mask), jnp.asarray(value)
+        if mask.dtype != jnp.bool_:
+            raise ArgumentError(f"{where}: obs_mask at {format_address(address)!r} must be boolean (True where "
+                                f"observed), got dtype {mask.dtype}")
+        if value.dtype == jnp.bool_:
+            raise ArgumentError(f"{where}: the observations at {format_address(address)!r} are booleans, which "
+                                "have no missing-value placeholder; give them as integers (0/1) to mask them")
+        if mask.ndim == 0 or mask.shape != value.shape[: mask.ndim]:
+            raise ConstraintError(
+                f"{where}: obs_mask at {format_address(address)!r} must have shape ({num_steps},) or a leading "
+                f"part of the observations' shape {value.shape}, got {mask.shape}")
+        masks[address] = mask
+    return ChoiceMap(masks)
+
+
+def _drop_missing(obs_t: ChoiceMap, mask_t: ChoiceMap | None, step: jax.Array, where: str) -> ChoiceMap:
+    """One step's observations with the masked-out entries replaced by placeholders (NaN or the
+    integer minimum), which the step's ``generate`` draws from the model; under ``pg.validate``,
+    a NaN left in an observed entry fails."""
+
+    def one(address, value, mask):
+        mask = jnp.reshape(mask, jnp.shape(mask) + (1,) * (jnp.ndim(value) - jnp.ndim(mask)))
+        if jnp.issubdtype(value.dtype, jnp.floating):
+            check(~jnp.any(jnp.isnan(value) & mask),
+                  f"{where}: the observation at {format_address(address)!r} is NaN at step {{step}}; mark missing "
+                  "observations with obs_mask (False where missing) instead", step=step)
+        return value if mask_t is None else jnp.where(mask, value, placeholder_like(value))
+
+    masks = mask_t.to_dict() if mask_t is not None else {}
+    return ChoiceMap({a: one(a, v, masks.get(a, True)) for a, v in obs_t.to_dict().items()})
+
+
+class _Imputing(GenerativeFunction):
+    """``gf``, except that a placeholder given for a choice (a masked-out observation) counts as
+    absent: it is drawn from ``gf`` and adds no weight (the mechanism of ``pg.switch`` branches)."""
+
+    def __init__(self, gf: GenerativeFunction):
+        self.gf = gf
+        self.__name__ = gf.__name__
+
+    def _run(self, key, constraints, args, mode):
+        with handlers.placeholder_scope():
+            return self.gf._run(key, constraints, args, mode)
+
+
 def _proposer(step_gf: GenerativeFunction, proposal, proposal_args: tuple) -> Callable:
     """``propose(key, carry, x_t, obs_t) -> (step trace, log weight increment)`` of one particle."""
 
@@ -181,7 +268,8 @@ def _check_within_horizon(step: jax.Array, num_steps: int, where: str) -> jax.Ar
 def particle_filter(model: Scan, observations, *, xs=None, num_particles: int,
                     proposal: GenerativeFunction | None = None, proposal_args: tuple = (),
                     ess_threshold: float = 0.5, scheme: str = "systematic",
-                    rejuvenation: Kernel | None = None, num_rejuvenation_steps: int = 1) -> Kernel:
+                    rejuvenation: Kernel | None = None, num_rejuvenation_steps: int = 1,
+                    obs_mask=None) -> Kernel:
     """An SMC kernel over a ``pg.scan`` model: each ``step`` filters one time step.
 
     Args:
@@ -202,6 +290,21 @@ def particle_filter(model: Scan, observations, *, xs=None, num_particles: int,
         ``regenerate``) applied to every particle after weighting; it leaves the
         step's conditional target invariant, so the weights stay.
       num_rejuvenation_steps: how many rejuvenation moves per time step.
+      obs_mask: missing observations, as in numpyro's ``obs_mask``: True where observed,
+        False where missing. A boolean array of shape ``(T,)`` (one flag per step, for every
+        observed address) or a dict/``ChoiceMap`` of such arrays keyed by observed address
+        (addresses left out are always observed). A mask may also cover a leading part of an
+        observation's shape, e.g. ``(T, D)`` for the ``D`` elements of a ``pg.vmap`` plate of
+        sensors; each masked-out value must be a whole sample site. A missing observation is
+        not conditioned on: its site is drawn from the model (so the particle still
+        propagates, and an observation that feeds the carry is imputed) and the step's
+        weight omits its likelihood; the values given there are ignored (NaN is fine).
+        A proposal sees missing entries of ``observations_t`` as NaN (or the integer
+        minimum) and must cope with them. A NaN observation that ``obs_mask`` does not mark
+        missing is a ``ConstraintError`` (naming the address and steps); when the
+        observations are traced (arguments of a jitted function) it is found at run time
+        under :func:`pg.validate` (a ``ValidationError``), and otherwise makes the weights
+        NaN.
 
     Returns:
       A kernel: ``init(init_carry) -> ParticleState`` starts every particle from the
@@ -222,21 +325,31 @@ def particle_filter(model: Scan, observations, *, xs=None, num_particles: int,
         >>> state, info = pg.run(pf, jax.random.key(0), pf.init(0.0), 20)
         >>> state.log_weights.shape, info.ess.shape
         ((100,), ())
+
+        Readings 5 to 9 missing: those steps only propagate the particles.
+
+        >>> seen = (jnp.arange(20) < 5) | (jnp.arange(20) >= 10)
+        >>> pf = pg.mc.particle_filter(pg.scan(tracker), readings, xs=jnp.ones(20), num_particles=100,
+        ...                            obs_mask=seen)
+        >>> state, info = pg.run(pf, jax.random.key(0), pf.init(0.0), 20)
+        >>> bool(jnp.isfinite(state.log_evidence))
+        True
     """
     return _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
-                            scheme, rejuvenation, num_rejuvenation_steps, "particle_filter")
+                            scheme, rejuvenation, num_rejuvenation_steps, "particle_filter", obs_mask)
 
 
 def _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold, scheme,
-                     rejuvenation, num_rejuvenation_steps, where: str) -> Kernel:
+                     rejuvenation, num_rejuvenation_steps, where: str, obs_mask=None) -> Kernel:
     """:func:`particle_filter`, with errors naming ``where`` (the public function called)."""
     num_particles, num_rejuvenation_steps = _check_settings(
         model, num_particles, proposal, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps, where)
     observations = as_choicemap(observations)
     num_steps = model._length(xs)
     _check_observations(observations, num_steps, where)
+    obs_mask = _check_missing(obs_mask, observations, num_steps, where)
     proposal_args = tuple(proposal_args)
-    propose = _proposer(model.kernel, proposal, proposal_args)
+    propose = _proposer(model.kernel if obs_mask is None else _Imputing(model.kernel), proposal, proposal_args)
 
     def init(init_carry) -> ParticleState:
         choices_layout, dtype, init_carry = _step_layout(
@@ -256,7 +369,8 @@ def _particle_filter(model, observations, xs, num_particles, proposal, proposal_
         carry, log_weights, resampled, ancestors = maybe_resample(
             k_resample, state.carry, state.log_weights, ess_threshold, scheme
         )
-        x_t, obs_t = _at(xs, state.step), _at(observations, state.step)
+        x_t = _at(xs, state.step)
+        obs_t = _drop_missing(_at(observations, state.step), _at(obs_mask, state.step), state.step, where)
         keys = jax.random.split(k_propose, num_particles)  # one key per particle: sharding-proof
         traces, log_increments = jax.vmap(lambda k, c: propose(k, c, x_t, obs_t))(keys, carry)
         acceptance_rate = jnp.zeros((), dtype)
@@ -276,15 +390,18 @@ def _particle_filter(model, observations, xs, num_particles, proposal, proposal_
 def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_particles: int,
         proposal: GenerativeFunction | None = None, proposal_args: tuple = (),
         ess_threshold: float = 0.5, scheme: str = "systematic", rejuvenation: Kernel | None = None,
-        num_rejuvenation_steps: int = 1, keep: str = "all") -> SMCResult:
+        num_rejuvenation_steps: int = 1, keep: str = "all", obs_mask=None) -> SMCResult:
     """Run a :func:`particle_filter` from ``init_carry`` over every time step, in one call.
 
     Builds the kernel, starts it with ``init(init_carry)`` and drives it with
     :func:`pg.run` (one ``lax.scan``). Arguments are those of :func:`particle_filter`,
-    plus the PRNG ``key``, the scan's ``init_carry`` and ``keep``:
+    (``obs_mask`` marks missing observations), plus the PRNG ``key``, the scan's
+    ``init_carry`` and ``keep``:
     ``"all"`` (default) stores the particles after every step (memory ``T * N``);
     ``"last"`` stores only the final ones (memory independent of ``T``), as in
     :func:`pg.run`; use it when only the evidence or the final filter is needed.
+    With ``keep="all"``, :func:`pg.mc.genealogy_smoother` and
+    :func:`pg.mc.backward_simulation_smoother` turn the result into smoothed trajectories.
 
     Returns:
       An :class:`SMCResult`: ``log_evidence``, ``final`` state, per-step ``states``
@@ -307,7 +424,7 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
     if keep not in ("last", "all"):
         raise SettingError(f"smc: keep must be 'last' or 'all', got {keep!r}")
     kernel = _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
-                              scheme, rejuvenation, num_rejuvenation_steps, "smc")
+                              scheme, rejuvenation, num_rejuvenation_steps, "smc", obs_mask)
     if keep == "last":
         final, last_info = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="last")
         return SMCResult(final.log_evidence, final, None, last_info)
