@@ -261,14 +261,16 @@ def _trace_move(where: str, selection, propose: Callable) -> Kernel:
 
 
 def mh(selection, scale: float = 1.0) -> Kernel:
-    """Random-walk Metropolis–Hastings on the selected (continuous) choices of a trace.
+    """Random-walk Metropolis–Hastings on the selected (continuous) choices of a trace, or on a position.
 
     Proposes ``x' = x + scale * N(0, I)`` for every selected choice, moves the trace with
     the GF's ``update`` and accepts with probability ``min(1, exp(update weight))``
-    (the proposal is symmetric).
+    (the proposal is symmetric). Given a ``logdensity(position)`` function or a
+    :func:`pg.mc.posterior` instead of a selection, it moves a position and its state is a
+    :class:`HamiltonianState` (``logdensity_grad`` None).
 
     Args:
-      selection: a ``pg.Selection`` or addresses (``pg.select("z")``).
+      selection: a ``pg.Selection`` or addresses (``pg.select("z")``), a log density or a posterior.
       scale: the random-walk standard deviation.
 
     Returns:
@@ -286,9 +288,31 @@ def mh(selection, scale: float = 1.0) -> Kernel:
         >>> float(final["x"])
         1.0
     """
-    selection = as_selection(selection)
     _check_step_size(scale, "mh")
+    if _is_density(selection):
+        return _rw_position_kernel(selection, scale)
+    selection = as_selection(selection)
     return _trace_move("mh", selection, lambda key, values: rw_proposal(key, values, scale))
+
+
+def _rw_position_kernel(target, scale) -> Kernel:
+    """Random-walk MH on a position; the state is a :class:`HamiltonianState` (gradient unused: None)."""
+    from probgen.mc.hamiltonian import HamiltonianState, _cast, _dtype
+
+    logdensity = as_logdensity(target, "mh")
+
+    def init(position):
+        dtype = _dtype(position)
+        position = _cast(position, dtype)
+        return HamiltonianState(position, jnp.asarray(logdensity(position), dtype), None)
+
+    def step(key, state):
+        k_prop, k_accept = jax.random.split(key)
+        proposed = rw_proposal(k_prop, state.position, scale)
+        new_logp = jnp.asarray(logdensity(proposed), state.logdensity.dtype)
+        return mh_accept(k_accept, new_logp - state.logdensity, HamiltonianState(proposed, new_logp, None), state)
+
+    return Kernel(init=init, step=step)
 
 
 def mala(target, step_size: float) -> Kernel:

@@ -209,3 +209,22 @@ def test_dtype_is_kept():
     sequential = pg.mc.run_mcmc(lambda x: -0.5 * jnp.sum(x**2), jax.random.key(0), 50, num_warmup=50,
                                 num_chains=2, init_positions=jnp.zeros((2, 3), dtype), chain_method="sequential")
     assert sequential.samples.shape == (2, 50, 3)
+
+
+@pytest.mark.parametrize("make", [
+    lambda f: pg.mc.hmc(f, step_size=0.4, num_leapfrog_steps=8, inverse_mass_matrix=jnp.array([1.0, 4.0])),
+    lambda f: pg.mc.mala(f, step_size=0.3),
+    lambda f: pg.mc.mh(f, scale=1.5),
+    lambda f: pg.mc.nuts(f, step_size=0.6, inverse_mass_matrix=jnp.array([1.0, 4.0])),
+], ids=["hmc", "mala", "mh", "nuts"])
+def test_position_kernels_sample_a_gaussian(make):
+    mean, sd = np.array([1.0, -2.0]), np.array([1.0, 2.0])
+
+    def logdensity(x):
+        return -0.5 * jnp.sum(((x - mean) / sd) ** 2)
+
+    kernel = make(logdensity)
+    init = jax.vmap(kernel.init)(jnp.zeros((4, 2)))
+    run = jax.vmap(lambda k, s: pg.run(kernel, k, s, 1500, keep=lambda state: state.position)[1][0])
+    draws = np.asarray(run(jax.random.split(jax.random.key(5), 4), init))[:, 300:]
+    _check_moments(draws, mean, sd, "x")
