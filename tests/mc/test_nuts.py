@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from scipy import integrate
+from scipy import integrate, optimize
 
 import probgen as pg
 from tests.mc import lgssm
@@ -104,9 +104,17 @@ def test_positive_scale_matches_quadrature():
     mean = integrate.quad(lambda s: s * density(s), 0, np.inf)[0] / z
     sd = np.sqrt(integrate.quad(lambda s: s**2 * density(s), 0, np.inf)[0] / z - mean**2)
     post = pg.mc.posterior(scale_model, {"ys": jnp.asarray(ys)})
-    result = pg.mc.run_mcmc(post, jax.random.key(1), 1000, num_warmup=500, num_chains=4)
-    assert bool((result.samples["s"] > 0).all())
-    _check_moments(result.samples["s"], mean, sd, "s")
+    result = pg.mc.run_mcmc(post, jax.random.key(1), 1500, num_warmup=500, num_chains=4)
+    draws = np.asarray(result.samples["s"], np.float64)
+    assert bool((draws > 0).all())
+    ess = float(pg.mc.bulk_ess(draws))
+    assert abs(draws.mean() - mean) < 4 * sd / np.sqrt(ess)
+    # The posterior's right tail is heavy (its 6th moment is infinite): check quantiles, whose
+    # standard error sqrt(p (1 - p) / ESS) / density(q) needs no moments.
+    for p in (0.1, 0.5, 0.9):
+        q = optimize.brentq(lambda t: integrate.quad(density, 0, t)[0] / z - p, 1e-3, 50.0)
+        se = np.sqrt(p * (1 - p) / ess) / (density(q) / z)
+        assert abs(np.quantile(draws, p) - q) < 4 * se, (p, np.quantile(draws, p), q, se)
 
 
 def test_state_space_latents_in_scan_match_rts():
@@ -137,12 +145,13 @@ def test_dense_mass_on_correlated_gaussian():
 
     result = pg.mc.run_mcmc(logdensity, jax.random.key(3), 400, num_warmup=400, num_chains=4, dense_mass=True,
                             init_positions=jnp.zeros((4, dim)))
-    draws = np.asarray(result.samples, np.float64).reshape(-1, dim)
-    estimate = np.cov(draws, rowvar=False)
-    # Covariance entries: SE of a sample covariance ~ sqrt((S_ii S_jj + S_ij^2) / n_eff).
-    n_eff = float(np.min([pg.mc.bulk_ess(np.asarray(result.samples)[..., i]) for i in range(0, dim, 7)]))
-    se = np.sqrt((np.outer(np.diag(cov), np.diag(cov)) + cov**2) / n_eff)
-    assert np.max(np.abs(estimate - cov) / se) < 5.0
+    # Whitened by the true covariance the draws are N(0, I): the eigenvalues of their sample
+    # covariance lie in the Marchenko-Pastur range (1 -+ sqrt(d / n))^2 for n effective draws.
+    whitened = np.asarray(result.samples, np.float64) @ np.linalg.inv(np.linalg.cholesky(cov)).T
+    n_eff = min(float(pg.mc.bulk_ess(whitened[..., i])) for i in range(dim))
+    eigenvalues = np.linalg.eigvalsh(np.cov(whitened.reshape(-1, dim), rowvar=False))
+    spread = 1.25 * np.sqrt(dim / n_eff)
+    assert (1 - spread) ** 2 < eigenvalues.min() and eigenvalues.max() < (1 + spread) ** 2, (eigenvalues, n_eff)
     # The adapted dense inverse mass matrix is the covariance (up to warmup noise).
     adapted = np.asarray(result.inverse_mass_matrix[0], np.float64)
     assert np.linalg.norm(adapted - cov) / np.linalg.norm(cov) < 0.25
