@@ -179,7 +179,11 @@ class _Handler:
                 "assess needs every choice (use generate to draw the missing ones)"
             )
         if handlers.is_validating():
-            _check_distribution(full, dist, value)
+            # Unconstrained coordinates are checked once mapped (always inside the support);
+            # a placeholder (a masked observation, a switch branch not taken) is absent.
+            checked = None if bijection is not None and not space.inverse else value
+            may_be_absent = checked is not None and self.mode is not Mode.ASSESS and handlers.in_placeholder_scope()
+            _check_distribution(full, dist, checked, _is_placeholder(checked) if may_be_absent else None)
         # PATH (sticking the landing) stops the parameters in the log density of a value
         # the site *draws*; a given value keeps its full gradient (assess, generate, update).
         drawn_dist = jax.tree.map(jax.lax.stop_gradient, dist) if strategy is PATH else dist
@@ -330,8 +334,9 @@ def _unconstrained_density(dist, bijection, value, inverse: bool):
     return protocol.log_density(dist, x) + log_det, x
 
 
-def _check_distribution(full, dist, value) -> None:
-    """Validation mode: the site's parameters satisfy their constraints; a given value is in the support."""
+def _check_distribution(full, dist, value, absent=None) -> None:
+    """Validation mode: the site's parameters satisfy their constraints; a given value is in the
+    support (or ``absent``: a placeholder)."""
     where = format_address(full)
     name = type(dist).__name__
     for param, constraint in (getattr(dist, "arg_constraints", None) or {}).items():
@@ -348,8 +353,10 @@ def _check_distribution(full, dist, value) -> None:
         )
     support = getattr(dist, "support", None)
     if value is not None and support is not None and hasattr(support, "check"):
+        inside = support.check(value)
         validation.check(
-            support.check(value), f"sample site {where!r}: value {{value}} is outside the support "
+            inside if absent is None else jnp.all(inside) | absent,
+            f"sample site {where!r}: value {{value}} is outside the support "
             f"of {name} ({_constraint_name(support)})", value=value
         )
 

@@ -242,3 +242,29 @@ def test_project_sums_the_selected_sites_inside_scan_and_vmap():
                            LOGITS)
     value_score = float(model.project(tr, pg.select("mix")))
     assert np.isclose(value_score, math.log(0.7) + norm.logpdf(0.4, 0.0, 1.0), atol=1e-5)
+
+
+def test_switch_update_across_branches_runs_under_validate():
+    # A positive-support site in the branch not taken holds a placeholder (NaN) in the old
+    # trace; validation must treat it as absent, not as a value outside the support.
+    @pg.gen
+    def scale_left():
+        return pg.sample("s", pg.HalfNormal(1.0))
+
+    @pg.gen
+    def loc_right():
+        return pg.sample("m", pg.Normal(0.0, 1.0))
+
+    @pg.gen
+    def choose():
+        k = pg.sample("k", pg.Bernoulli(probs=0.5))
+        return pg.sample("branch", pg.switch(scale_left, loc_right), k.astype(jnp.int32))
+
+    trace, _ = choose.generate(jax.random.key(0), {"k": True})
+
+    def flip(key):
+        new, weight, _ = choose.update(key, trace, {"k": False})
+        return new["branch", "s"], weight
+
+    value, weight = pg.validate(flip)(jax.random.key(1))
+    assert float(value) > 0 and np.isfinite(float(weight))

@@ -40,12 +40,19 @@ def simulate(seed: int, num_steps: int, a: float = A) -> np.ndarray:
     return np.asarray(ys, np.float32)
 
 
-def kalman(ys: np.ndarray, a: float = A):
-    """Exact filtering means, variances and log evidence (float64)."""
+def kalman(ys: np.ndarray, a: float = A, observed=None):
+    """Exact filtering means, variances and log evidence (float64); ``observed[t] = False``
+    skips the update at step ``t`` (a missing observation)."""
     m, p, log_z = 0.0, 0.0, 0.0
     means, variances = [], []
-    for y in np.asarray(ys, np.float64):
+    observed = np.ones(len(ys), bool) if observed is None else np.asarray(observed, bool)
+    for y, seen in zip(np.asarray(ys, np.float64), observed):
         m_pred, p_pred = a * m, a * a * p + Q
+        if not seen:
+            m, p = m_pred, p_pred
+            means.append(m)
+            variances.append(p)
+            continue
         s = p_pred + R
         log_z += -0.5 * (np.log(2 * np.pi * s) + (y - m_pred) ** 2 / s)
         gain = p_pred / s
@@ -53,3 +60,14 @@ def kalman(ys: np.ndarray, a: float = A):
         means.append(m)
         variances.append(p)
     return np.asarray(means), np.asarray(variances), log_z
+
+
+def rts(means: np.ndarray, variances: np.ndarray, a: float = A):
+    """Exact smoothing means and variances (Rauch-Tung-Striebel) from the Kalman filter's."""
+    smoothed_means, smoothed_vars = list(means[-1:]), list(variances[-1:])
+    for m, p in zip(means[-2::-1], variances[-2::-1]):
+        p_pred = a * a * p + Q
+        gain = a * p / p_pred  # Cov(z_t, z_{t+1} | y_{1:t}) / Var(z_{t+1} | y_{1:t})
+        smoothed_means.append(m + gain * (smoothed_means[-1] - a * m))
+        smoothed_vars.append(p + gain**2 * (smoothed_vars[-1] - p_pred))
+    return np.asarray(smoothed_means[::-1]), np.asarray(smoothed_vars[::-1])

@@ -237,3 +237,14 @@ def test_position_kernels_sample_a_gaussian(make):
     run = jax.vmap(lambda k, s: pg.run(kernel, k, s, 1500, keep=lambda state: state.position)[1][0])
     draws = np.asarray(run(jax.random.split(jax.random.key(5), 4), init))[:, 300:]
     _check_moments(draws, mean, sd, "x")
+
+
+def test_unconstrained_coordinates_pass_validation():
+    # u = -0.5 is a valid coordinate of a HalfNormal site (s = exp(-0.5)); validation checks s, not u.
+    @pg.gen
+    def model():
+        pg.sample("s", pg.HalfNormal(1.0))
+
+    post = pg.mc.posterior(model, {})
+    value = pg.validate(post.logdensity)({"s": jnp.asarray(-0.5)})
+    assert jnp.allclose(value, pg.HalfNormal(1.0).log_prob(jnp.exp(-0.5)) - 0.5, atol=1e-5)
