@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from probgen.core.checks import static_int
+from probgen.core.compiled import compiled
 from probgen.core.errors import ArgumentError, SettingError
 from probgen.mc.hamiltonian import (
     ALGORITHMS,
@@ -111,11 +111,11 @@ def run_mcmc(target, key: jax.Array, num_samples: int = 1000, *, num_warmup: int
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     settings = (num_samples, num_warmup, num_chains, algorithm, bool(dense_mass), float(target_acceptance_rate),
                 max_num_doublings, num_leapfrog_steps, chain_method)
-    return _compiled(target, settings)(key, init_positions)
+    return compiled(_chains_program, target, settings)(key, init_positions)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(target, settings):
+def _chains_program(target, settings):
+    """The whole multi-chain run for one target and settings; ``compiled`` jits and caches it."""
     (num_samples, num_warmup, num_chains, algorithm, dense_mass, target_acceptance_rate, max_num_doublings,
      num_leapfrog_steps, chain_method) = settings
     chain_kernel = window_adaptation(target, num_warmup, algorithm=algorithm, dense_mass=dense_mass,
@@ -144,7 +144,6 @@ def _compiled(target, settings):
         final, (samples, infos) = jax.lax.fori_loop(0, num_warmup + num_samples, body, (state, buffers))
         return MCMCResult(samples, infos, final.step_size, final.inverse_mass_matrix, final.sampler)
 
-    @jax.jit
     def chains(key, init_positions):
         k_init, k_chains = jax.random.split(key)
         keys = jax.random.split(k_chains, num_chains)

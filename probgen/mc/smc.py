@@ -25,6 +25,7 @@ from probgen.core import handlers
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.combinators import Scan
+from probgen.core.compiled import compiled
 from probgen.core.errors import ArgumentError, ConstraintError, SettingError
 from probgen.core.gen import placeholder_like
 from probgen.core.gfi import GenerativeFunction
@@ -394,7 +395,9 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
     """Run a :func:`particle_filter` from ``init_carry`` over every time step, in one call.
 
     Builds the kernel, starts it with ``init(init_carry)`` and drives it with
-    :func:`pg.run` (one ``lax.scan``). Arguments are those of :func:`particle_filter`,
+    :func:`pg.run` (one ``lax.scan``). The run compiles itself: the first call with given
+    settings (model, sizes, proposal, scheme, ``keep``) jits it, later calls with new
+    observations, inputs, carry or key reuse the compiled program. Arguments are those of :func:`particle_filter`,
     (``obs_mask`` marks missing observations), plus the PRNG ``key``, the scan's
     ``init_carry`` and ``keep``:
     ``"all"`` (default) stores the particles after every step (memory ``T * N``);
@@ -423,10 +426,25 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
     """
     if keep not in ("last", "all"):
         raise SettingError(f"smc: keep must be 'last' or 'all', got {keep!r}")
-    kernel = _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
-                              scheme, rejuvenation, num_rejuvenation_steps, "smc", obs_mask)
-    if keep == "last":
-        final, last_info = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="last")
-        return SMCResult(final.log_evidence, final, None, last_info)
-    final, (states, infos) = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="all")
-    return SMCResult(final.log_evidence, final, states, infos)
+    # Built once eagerly for its checks on the concrete observations (a NaN not marked missing).
+    _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
+                     scheme, rejuvenation, num_rejuvenation_steps, "smc", obs_mask)
+    program = compiled(_smc_program, model, num_particles, proposal, ess_threshold, scheme, rejuvenation,
+                       num_rejuvenation_steps, keep)
+    return program(key, as_choicemap(observations), init_carry, xs, tuple(proposal_args), obs_mask)
+
+
+def _smc_program(model, num_particles, proposal, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps,
+                 keep):
+    """The :func:`smc` run for fixed settings; data, inputs and key are its (traced) arguments."""
+
+    def program(key, observations, init_carry, xs, proposal_args, obs_mask):
+        kernel = _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
+                                  scheme, rejuvenation, num_rejuvenation_steps, "smc", obs_mask)
+        if keep == "last":
+            final, last_info = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="last")
+            return SMCResult(final.log_evidence, final, None, last_info)
+        final, (states, infos) = run(kernel, key, kernel.init(init_carry), kernel.horizon, keep="all")
+        return SMCResult(final.log_evidence, final, states, infos)
+
+    return program
