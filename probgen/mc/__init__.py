@@ -1,9 +1,12 @@
-"""Monte Carlo: importance sampling, SMC, resampling, tempering, MCMC moves and their diagnostics.
+"""Monte Carlo: importance sampling, SMC, smoothing, resampling, tempering, MCMC and its diagnostics.
 
 Every sampler is a :class:`pg.Kernel` (``init(position_or_particles)``, ``step``) with
 NamedTuple states and infos, driven by :func:`pg.run`; particles carry a leading particle
 axis. Infos name the same quantity the same way: ``acceptance_rate``, ``ess``,
-``log_weights``.
+``log_weights``. Gradient-based moves take a trace selection, a plain
+``logdensity(position)`` function, or a model's :func:`posterior` (its continuous latents
+in unconstrained coordinates); one-shot drivers (``smc``, ``tempered_smc``,
+``importance_sampling``, ``run_mcmc``) compile themselves on the first call.
 """
 
 from probgen.mc.diagnostics import MCMCSummary, bulk_ess, rank_normalized_rhat, summary, tail_ess
