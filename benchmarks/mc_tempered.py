@@ -4,8 +4,9 @@ Target: Bayesian logistic regression, 25 weights with a N(0, 1) prior, 200 synth
 points (fixed seed). Both samplers start from the prior, pick the next inverse temperature
 by bisection so the ESS of the incremental weights is 0.5 N, resample systematically
 every stage and rejuvenate with HMC (unit mass, same step size, leapfrog steps and moves
-per stage). Blackjax moves first (at the old temperature) then reweights; probgen
-reweights, resamples, then moves at the new temperature: both are valid SMC samplers of
+per stage: probgen's fixed moves, ``adapt=False``). Blackjax moves first (at the old
+temperature) then reweights; probgen reweights, resamples, then moves at the new
+temperature: both are valid SMC samplers of
 the same schedule rule, so the numbers of stages and log-evidence estimates should agree
 up to Monte Carlo error.
 
@@ -56,7 +57,7 @@ def probgen_run(x, y, num_particles):
         result = pg.mc.tempered_smc(key, logreg, {"y": y}, x, num_particles=num_particles,
                                     target_ess=TARGET_ESS, move="hmc", step_size=STEP_SIZE,
                                     num_leapfrog_steps=LEAPFROG, num_mcmc_steps=MCMC_STEPS,
-                                    scheme="systematic")
+                                    scheme="systematic", adapt=False)
         return result.log_evidence, result.num_steps
 
     return run
@@ -122,7 +123,7 @@ def stage_fns(x, y, num_particles, beta):
 
     kernel = pg.mc.tempered_smc_kernel(logreg, {"y": y}, x, num_particles=num_particles, target_ess=TARGET_ESS,
                                        move="hmc", step_size=STEP_SIZE, num_leapfrog_steps=LEAPFROG,
-                                       num_mcmc_steps=MCMC_STEPS)
+                                       num_mcmc_steps=MCMC_STEPS, adapt=False)
     log_lik = make_log_likelihood(x, y)
     pos = 0.3 * jax.random.normal(jax.random.key(7), (num_particles, DIM))
     pg_state = kernel.init({"w": pos})._replace(beta=jnp.asarray(beta))

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from probgen.core.checks import static_int
-from probgen.core.compiled import compiled
+from probgen.core.compiled import compiled_call
 from probgen.core.errors import ArgumentError, SettingError
 from probgen.mc.hamiltonian import (
     ALGORITHMS,
@@ -111,7 +111,7 @@ def run_mcmc(target, key: jax.Array, num_samples: int = 1000, *, num_warmup: int
         chain_method = "sequential" if jax.default_backend() == "cpu" else "vectorized"
     settings = (num_samples, num_warmup, num_chains, algorithm, bool(dense_mass), float(target_acceptance_rate),
                 max_num_doublings, num_leapfrog_steps, chain_method)
-    return compiled(_chains_program, target, settings)(key, init_positions)
+    return compiled_call(_chains_program, (target, settings), key, init_positions)
 
 
 def _chains_program(target, settings):

@@ -1,80 +1,19 @@
-"""Importance sampling from a generative function, with the prior or a custom proposal GF.
-
-Also home of :func:`compiled_call`, the self-compiling entry the one-call drivers
-(:func:`importance_sampling`, :func:`pg.mc.tempered_smc`) run through.
-"""
+"""Importance sampling from a generative function, with the prior or a custom proposal GF."""
 
 from __future__ import annotations
 
-import functools
-import numbers
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from probgen.core import handlers
 from probgen.core.checks import static_int
 from probgen.core.choicemap import as_choicemap
+from probgen.core.compiled import compiled_call
 from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
 from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers
 from probgen.mc.resampling import check_scheme, ess, log_mean_exp, resample
-
-
-def _is_traced(leaf: Any) -> bool:
-    """Arrays and Python floats are traced arguments; ints, bools, strings, callables are constants."""
-    if isinstance(leaf, (jax.Array, np.ndarray, np.generic)) or (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
-        return True
-    return isinstance(leaf, numbers.Number) and not isinstance(leaf, numbers.Integral)
-
-
-@functools.lru_cache(maxsize=32)
-def _compiled(program: Callable, static: Any, treedef: Any, constants: tuple, is_traced: tuple,
-              validating: bool) -> Callable:
-    # ``validating`` is part of the key only: a program traced under pg.validate holds
-    # run-time checks that a plain one lacks, so the two must not share a jit cache.
-    body = program(*static)
-
-    def run(traced):
-        values, others = iter(traced), iter(constants)
-        leaves = [next(values) if keep else next(others) for keep in is_traced]
-        return body(*jax.tree.unflatten(treedef, leaves))
-
-    return jax.jit(run)
-
-
-def compiled_call(program: Callable, static: tuple, *dynamic: Any) -> Any:
-    """``program(*static)(*dynamic)`` as one ``jax.jit`` program, compiled once per ``static``.
-
-    ``program`` builds the function to run from hashable static settings (a model object,
-    counts, names); the compiled function is cached on ``(program, static)`` and on the
-    structure and constant leaves of ``dynamic``. Array and float leaves of ``dynamic``
-    (keys, observations, model arguments) are traced, so new values reuse the compiled code;
-    Python ints, bools, strings and callables among them are compile-time constants (a new
-    value compiles again), as are the shapes and dtypes of the arrays. Under an outer
-    ``jax.jit`` / ``jax.vmap`` the call is traced into the caller's program like any jitted
-    function. Unhashable constants compile for this call only.
-
-    Example:
-        >>> import jax.numpy as jnp
-        >>> from probgen.mc.importance import compiled_call
-        >>> def scaled(factor):
-        ...     return lambda x, power: factor * x**power
-        >>> float(compiled_call(scaled, (2.0,), jnp.asarray(3.0), 2))   # power 2 is a constant
-        18.0
-    """
-    leaves, treedef = jax.tree.flatten(dynamic)
-    is_traced = tuple(_is_traced(leaf) for leaf in leaves)
-    traced = [leaf for leaf, keep in zip(leaves, is_traced) if keep]
-    constants = tuple(leaf for leaf, keep in zip(leaves, is_traced) if not keep)
-    key = (program, tuple(static), treedef, constants, is_traced, handlers.is_validating())
-    try:
-        hash(key)
-    except TypeError:  # an unhashable setting or constant: compile for this call only
-        return _compiled.__wrapped__(*key)(traced)
-    return _compiled(*key)(traced)
 
 
 class ImportanceResult(NamedTuple):
@@ -150,7 +89,7 @@ def importance_sampling(key: jax.Array, model: GenerativeFunction, observations,
     Returns:
       An :class:`ImportanceResult` (traces, log_weights, log_evidence, ess).
 
-    The call compiles itself (:func:`compiled_call`): the first call with a model, particle
+    The call compiles itself (:func:`probgen.core.compiled.compiled_call`): the first call with a model, particle
     count and proposal compiles one ``jax.jit`` program; later calls with new keys,
     observations or model arguments of the same shapes reuse it (Python ints among the
     arguments are compile-time constants).

@@ -25,7 +25,7 @@ from probgen.core import handlers
 from probgen.core.checks import static_int
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address
 from probgen.core.combinators import Scan
-from probgen.core.compiled import compiled
+from probgen.core.compiled import compiled_call
 from probgen.core.errors import ArgumentError, ConstraintError, SettingError
 from probgen.core.gen import placeholder_like
 from probgen.core.gfi import GenerativeFunction
@@ -429,9 +429,9 @@ def smc(key: jax.Array, model: Scan, observations, init_carry, xs=None, *, num_p
     # Built once eagerly for its checks on the concrete observations (a NaN not marked missing).
     _particle_filter(model, observations, xs, num_particles, proposal, proposal_args, ess_threshold,
                      scheme, rejuvenation, num_rejuvenation_steps, "smc", obs_mask)
-    program = compiled(_smc_program, model, num_particles, proposal, ess_threshold, scheme, rejuvenation,
-                       num_rejuvenation_steps, keep)
-    return program(key, as_choicemap(observations), init_carry, xs, tuple(proposal_args), obs_mask)
+    return compiled_call(_smc_program, (model, num_particles, proposal, ess_threshold, scheme, rejuvenation,
+                                        num_rejuvenation_steps, keep),
+                         key, as_choicemap(observations), init_carry, xs, tuple(proposal_args), obs_mask)
 
 
 def _smc_program(model, num_particles, proposal, ess_threshold, scheme, rejuvenation, num_rejuvenation_steps,

@@ -93,7 +93,8 @@ def test_a_run_mcmc_result_exports_with_its_infos(az):
     assert table.num_divergences == int(stats["diverging"].values.sum())
     theirs = az.summary(data, round_to="none")
     np.testing.assert_allclose(table["x"]["bulk_ess"], theirs["ess_bulk"].to_numpy(dtype=float), rtol=1e-9)
-    np.testing.assert_allclose(table["x"]["r_hat"], theirs["r_hat"].to_numpy(dtype=float), rtol=1e-9)
+    # ArviZ computes R-hat of float32 draws in float32 (ours in float64): agreement to float32 rounding.
+    np.testing.assert_allclose(table["x"]["r_hat"], theirs["r_hat"].to_numpy(dtype=float), rtol=1e-4)
     # Ground truth: the posterior mean, within 5 Monte Carlo standard errors sd / sqrt(ESS).
     se = np.asarray(scale) / np.sqrt(table["x"]["bulk_ess"])
     assert np.all(np.abs(table["x"]["mean"] - np.asarray(mean)) < 5 * se)

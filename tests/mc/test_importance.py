@@ -48,3 +48,30 @@ def test_bad_inputs():
 
     with pytest.raises(ValueError, match="does not propose the latent address.*'z'"):
         pg.mc.importance_sampling(jax.random.key(0), model, {"x": X}, num_particles=4, proposal=wrong)
+
+
+def test_the_call_compiles_once_and_reuses_the_program_for_new_data():
+    traced = []
+
+    @pg.gen
+    def counted(noise):
+        traced.append(1)  # runs only while JAX traces the model
+        z = pg.sample("z", pg.Normal(0.0, 1.0))
+        pg.sample("x", pg.Normal(z, noise))
+
+    first = pg.mc.importance_sampling(jax.random.key(0), counted, {"x": 0.3}, 1.0, num_particles=256)
+    count = len(traced)
+    second = pg.mc.importance_sampling(jax.random.key(1), counted, {"x": X}, 1.0, num_particles=256)
+    assert len(traced) == count and count > 0   # new key and observations: the same program
+    ratio = np.exp(np.asarray(second.log_weights, np.float64) - LOG_Z)
+    assert abs(ratio.mean() - 1.0) <= 4 * ratio.std() / np.sqrt(ratio.size)
+    assert first.traces.choices["z"].shape == (256,)
+    # Under pg.validate the run-time checks are traced in: a program of its own, not the cached one.
+    checked = pg.validate(lambda k: pg.mc.importance_sampling(k, counted, {"x": X}, 1.0, num_particles=256))
+    np.testing.assert_allclose(checked(jax.random.key(1)).log_weights, second.log_weights, rtol=1e-5)
+    assert len(traced) > count
+    # ... and the plain program stays plain (a checkify check outside pg.validate cannot run).
+    pg.mc.importance_sampling(jax.random.key(2), counted, {"x": X}, 1.0, num_particles=256)
+    with pytest.raises(pg.ValidationError, match="scale"):
+        checked_bad = pg.validate(lambda k: pg.mc.importance_sampling(k, counted, {"x": X}, -1.0, num_particles=4))
+        checked_bad(jax.random.key(0))
