@@ -19,7 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q tests --nbmake notebooks
-	JAX_ENABLE_X64=1 MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q $(X64_TESTS)
+	JAX_ENABLE_X64=1 MPLBACKEND=Agg $(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" $(X64_TESTS)
 
 BENCH_STAMP := $(VENV)/.installed-bench
 

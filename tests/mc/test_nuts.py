@@ -73,6 +73,7 @@ def schools_run():
     return pg.mc.run_mcmc(post, jax.random.key(0), 1000, num_warmup=1000, num_chains=4)
 
 
+@pytest.mark.slow
 def test_eight_schools_matches_quadrature(schools_run):
     truth = schools_truth()
     for name, (mean, sd) in truth.items():
@@ -82,6 +83,7 @@ def test_eight_schools_matches_quadrature(schools_run):
     assert int(schools_run.infos.is_divergent.sum()) < 10  # non-centered: at most a handful
 
 
+@pytest.mark.slow
 def test_eight_schools_adapted_acceptance(schools_run):
     # Dual averaging steers the warmup's acceptance to 0.8; the sampling phase's mean acceptance
     # with the adapted step size is measured here (Stan and NumPyro end near 0.87-0.9).
@@ -89,6 +91,7 @@ def test_eight_schools_adapted_acceptance(schools_run):
     assert abs(acceptance - 0.8) < 0.05, acceptance
 
 
+@pytest.mark.slow
 def test_positive_scale_matches_quadrature():
     ys = np.array([0.3, -1.2, 0.8, 2.1, -0.4])
 
@@ -117,6 +120,7 @@ def test_positive_scale_matches_quadrature():
         assert abs(np.quantile(draws, p) - q) < 4 * se, (p, np.quantile(draws, p), q, se)
 
 
+@pytest.mark.slow
 def test_state_space_latents_in_scan_match_rts():
     num_steps = 15
     ys = lgssm.simulate(3, num_steps)
@@ -133,6 +137,7 @@ def test_state_space_latents_in_scan_match_rts():
     _check_moments(result.samples["path/z"], smooth_mean, np.sqrt(smooth_var), "path/z")
 
 
+@pytest.mark.slow
 def test_dense_mass_on_correlated_gaussian():
     dim = 100
     idx = np.arange(dim)

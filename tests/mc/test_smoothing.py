@@ -71,6 +71,7 @@ def backward_run(key):
     return z.mean(0), z.var(0), paths.carries, z, paths.log_weights
 
 
+@pytest.mark.slow
 def test_backward_simulation_means_and_variances_match_rts():
     # 32 independent filter + smoother runs: their spread gives an SE that includes the
     # correlation of trajectories drawn from one filter (and the filter's own error).
@@ -115,6 +116,7 @@ def test_genealogy_paths_follow_the_ancestors_and_end_at_the_final_particles():
     assert len(np.unique(paths.choices["z"][:, 0])) < len(np.unique(paths.choices["z"][:, -1])) / 4
 
 
+@pytest.mark.slow
 def test_genealogy_last_steps_match_rts():
     last = 4
     _, paths = genealogy_runs()
@@ -133,6 +135,7 @@ def test_genealogy_without_resampling_is_the_filter_itself():
 
 # --- missing observations: the masked filter vs the Kalman filter that skips updates ---
 
+@pytest.mark.slow
 def test_masked_filter_evidence_is_unbiased_for_the_kalman_with_missing_steps():
     run = jax.jit(jax.vmap(lambda k: pg.mc.smc(k, MODEL, OBS_NAN, 0.0, num_particles=256, keep="last",
                                                obs_mask=jnp.asarray(OBSERVED)).log_evidence))

@@ -143,6 +143,7 @@ def _scale_quadrature():
     return np.log(evidence), mean
 
 
+@pytest.mark.slow
 def test_a_halfcauchy_scale_moves_in_unconstrained_space_and_matches_quadrature():
     num_seeds, num_particles = 8, 400
     run = jax.jit(jax.vmap(lambda k: pg.mc.tempered_smc(k, scale_model, {"ys": YS_SCALE},
@@ -162,6 +163,7 @@ def test_a_halfcauchy_scale_moves_in_unconstrained_space_and_matches_quadrature(
     assert abs(log_z.mean() - log_z_exact) <= 4 * se_z + 0.02, (log_z.mean(), log_z_exact, se_z)
 
 
+@pytest.mark.slow
 def test_state_space_latents_inside_scan_match_kalman_and_rts():
     num_steps, num_seeds, num_particles = 8, 8, 400
     ys = simulate(4, num_steps)

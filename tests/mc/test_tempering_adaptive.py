@@ -9,6 +9,9 @@ import scipy.stats as st
 
 import probgen as pg
 
+# Long statistical runs: the float32 pass runs them; the float64 pass (`-m "not slow"`) checks dtypes elsewhere.
+pytestmark = pytest.mark.slow
+
 # -- an anisotropic Gaussian: prior scales from 0.01 to 100 --------------------------------------
 
 DIM = 8
