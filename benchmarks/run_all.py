@@ -19,7 +19,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(__file__))
 from common import print_table  # noqa: E402
 
-SUITES = ["core_overhead", "vi", "mc", "mc_tempered", "genjax_vi", "diffusion", "flows", "train"]
+SUITES = ["core_overhead", "vi", "mc", "mc_tempered", "mcmc", "genjax_vi", "diffusion", "flows", "train"]
 
 
 def main() -> int:

@@ -292,7 +292,10 @@ def window_adaptation(target, num_steps: int, *, algorithm: str = "nuts", dense_
     # The second half of the final fast window refines the step size with a 10x smaller gain.
     ends = [i for i, (_, end) in enumerate(schedule) if end]
     final_start = ends[-1] + 1 if ends else 0
-    refine_start = final_start + (num_steps - final_start) // 2
+    # Only a final window of Stan's default length (50) or so has room for it: in a short
+    # warmup the average would be of the few iterates right after a restart.
+    final_length = num_steps - final_start
+    refine_start = final_start + final_length // 2 if final_length >= 40 else num_steps + 1  # never
     mm_init, mm_update, mm_final = mass_matrix_adaptation(not dense_mass)
     da_init, da_update, _ = dual_averaging_adaptation(target_acceptance_rate)
     _, refine_update, _ = dual_averaging_adaptation(target_acceptance_rate, gamma=10 * _DA_GAMMA)
