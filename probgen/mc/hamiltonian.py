@@ -31,6 +31,7 @@ from jax.flatten_util import ravel_pytree
 from probgen.core.checks import static_int
 from probgen.core.errors import ArgumentError, SettingError
 from probgen.kernels import Kernel, check_horizon
+from probgen.mc.mcmc import _check_step_size
 from probgen.mc.posterior import as_logdensity
 
 ALGORITHMS = ("nuts", "hmc")
@@ -100,11 +101,6 @@ def _check_mass(inverse_mass_matrix, position, where: str):
             f"{where}: inverse_mass_matrix must have shape ({size},) (diagonal) or ({size}, {size}) "
             f"(dense) for a position of {size} coordinates, got {matrix.shape}")
     return matrix
-
-
-def _check_step_size(step_size, where: str) -> None:
-    if isinstance(step_size, (int, float)) and not step_size > 0:
-        raise SettingError(f"{where}: step_size must be positive, got {step_size!r}")
 
 
 def _transition(algorithm: str, logdensity: Callable, num_leapfrog_steps: int, max_num_doublings: int,

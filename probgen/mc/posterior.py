@@ -174,25 +174,37 @@ def posterior(model: GenerativeFunction, observations, *model_args: Any) -> Post
     check_gf(model, "model", "posterior")
     observations = as_choicemap(observations)
     model_args = tuple(model_args)
-
-    def prior_choices(key):
-        return model.generate(key, observations, *model_args)[0].choices
-
-    shapes = jax.eval_shape(prior_choices, jax.random.key(0))
-    addresses = {format_address(a): a for a in shapes.addresses() if a not in observations}
-    if not addresses:
-        raise SettingError(f"posterior: {model.__name__} has no latent choices once the observations are fixed")
-    discrete = [n for n, a in addresses.items() if not jnp.issubdtype(shapes[a].dtype, jnp.floating)]
-    if discrete:
-        raise ArgumentError(
-            f"posterior: the latent(s) {discrete} of {model.__name__} are discrete; gradient-based "
-            "MCMC needs continuous latents (observe them, marginalize them, or move them with "
-            "pg.mc.regenerate on traces)")
+    latents, _, _ = latent_sites(model, observations, model_args, "posterior")
+    addresses = {format_address(a): a for a in latents}
     unconstrained = jax.eval_shape(
-        lambda key: to_unconstrained(model, prior_choices(key), model_args, select(*addresses.values())),
+        lambda key: to_unconstrained(model, model.generate(key, observations, *model_args)[0].choices, model_args,
+                                     select(*latents)),
         jax.random.key(0))
     shapes = {n: unconstrained[a] for n, a in addresses.items()}
     return Posterior(model, observations, model_args, addresses, shapes)
+
+
+def latent_sites(model: GenerativeFunction, observations: ChoiceMap, model_args: tuple, where: str):
+    """The model's latent addresses (every address ``observations`` does not fix), all continuous.
+
+    Returns ``(addresses, shapes, dtype)``: the latent addresses, a choice map of every
+    choice's ``ShapeDtypeStruct`` and the dtype of the model's log densities.
+
+    Raises:
+      SettingError: nothing is latent. ArgumentError: a latent is discrete.
+    """
+    trace, weight = jax.eval_shape(lambda key: model.generate(key, observations, *model_args), jax.random.key(0))
+    shapes = trace.choices
+    latents = [a for a in shapes.addresses() if a not in observations]
+    if not latents:
+        raise SettingError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
+    discrete = [a for a in latents if not jnp.issubdtype(shapes[a].dtype, jnp.floating)]
+    if discrete:
+        names = ", ".join(f"{format_address(a)!r} ({shapes[a].dtype})" for a in discrete)
+        raise ArgumentError(
+            f"{where}: latent address {names} of {model.__name__} is discrete; gradient-based moves need "
+            "continuous latents (observe them, marginalize them, or move them with pg.mc.regenerate on traces)")
+    return latents, shapes, weight.dtype
 
 
 def as_logdensity(target: Posterior | Callable, where: str) -> Callable:

@@ -53,6 +53,7 @@ from probgen.kernels import Kernel
 from probgen.mc.checks import check_num_particles
 from probgen.core.compiled import compiled_call
 from probgen.mc.mcmc import hmc_proposal, mala_proposal, mh_accept, rw_proposal
+from probgen.mc.posterior import latent_sites
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, log_mean_exp, maybe_resample
 
 MOVES = ("rwmh", "mala", "hmc")
@@ -207,19 +208,7 @@ class _Target(NamedTuple):
 def _model_target(model: GenerativeFunction, observations, model_args: tuple, num_particles: int,
                   where: str) -> _Target:
     observations = as_choicemap(observations)
-    trace_shape, weight_shape = jax.eval_shape(lambda k: model.generate(k, observations, *model_args),
-                                               jax.random.key(0))
-    shape = trace_shape.choices
-    observed = set(observations.addresses())
-    latent_addresses = [a for a in shape.addresses() if a not in observed]
-    if not latent_addresses:
-        raise SettingError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
-    for address in latent_addresses:
-        if not jnp.issubdtype(shape[address].dtype, jnp.floating):
-            raise ArgumentError(
-                f"{where}: latent address {format_address(address)!r} of {model.__name__} is "
-                f"{shape[address].dtype}; tempered SMC moves need continuous latents"
-            )
+    latent_addresses, shape, dtype = latent_sites(model, observations, model_args, where)
     latents_selection = select(*latent_addresses)
     observed_selection = latents_selection.complement()
 
@@ -252,7 +241,7 @@ def _model_target(model: GenerativeFunction, observations, model_args: tuple, nu
 
         return jax.vmap(unconstrain)(ChoiceMap(latents))
 
-    return _Target(evaluate, positions, weight_shape.dtype)
+    return _Target(evaluate, positions, dtype)
 
 
 def _density_target(target: TemperingTarget, num_particles: int, where: str) -> _Target:
