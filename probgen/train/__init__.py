@@ -4,7 +4,9 @@
   a metrics history, checkpoints and a clear error on a NaN; :func:`resume` continues a
   checkpointed run bit-for-bit; :func:`optimize` is its pure, vmappable core.
 - :func:`sweep` vmaps a whole training run over a hyperparameter grid (optionally
-  sharded over devices); :func:`best` and :func:`tabulate` read the results.
+  sharded over devices), with fit's progress bar, checkpoints and NaN freeze when the run
+  is one fit; :func:`resume_sweep` continues a checkpointed sweep bit-for-bit;
+  :func:`best` and :func:`tabulate` read the results.
 - :mod:`probgen.train.sharding`: meshes for data-, particle- and sweep-parallel work.
 - :mod:`probgen.train.plots`: loss curves, sweep plots, sample scatter / density and trace plots.
 """
@@ -27,7 +29,7 @@ from probgen.train.fitting import fit, optimize, resume
 from probgen.train.progress import is_interactive, progress_bar
 from probgen.train.sharding import constrain_leading, make_mesh, replicate, shard_leading
 from probgen.train.state import FitResult, FitState
-from probgen.train.sweep import SweepResult, best, metric_values, sweep, tabulate
+from probgen.train.sweep import SweepResult, best, metric_values, resume_sweep, sweep, tabulate
 
 __all__ = [
     "BatchSpec",
@@ -54,6 +56,7 @@ __all__ = [
     "replicate",
     "restore_checkpoint",
     "resume",
+    "resume_sweep",
     "save_checkpoint",
     "shard_leading",
     "sharding",

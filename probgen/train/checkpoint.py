@@ -5,6 +5,10 @@ history of a :func:`probgen.train.fit` run, plus a JSON manifest with every leaf
 shape, dtype and SHA-256 digest. Restoring checks the manifest against the parameters
 and optimizer you restore into and the digests against the bytes read back, so a
 mismatched or corrupted checkpoint raises instead of restoring part of a state.
+
+A :func:`probgen.train.sweep` saves the same way the stacked state of all its members
+(every leaf, ``step`` and ``key`` included, with leading member axes ``member_shape``;
+histories ``(*member_shape, steps, ...)``) under the number of steps the sweep has done.
 """
 
 from __future__ import annotations
@@ -69,19 +73,29 @@ def save_checkpoint(
     *,
     max_to_keep: int | None = None,
     run_config: dict | None = None,
+    step: int | None = None,
 ) -> int:
-    """Save ``state`` (and the metrics ``history``) as step ``state.step`` under ``directory``.
+    """Save ``state`` (and the metrics ``history``) as step ``state.step`` (or ``step``) under ``directory``.
 
     Args:
       directory: the run's checkpoint folder (created if missing); one sub-folder per step.
-      state: a :class:`probgen.train.FitState`.
-      history: dict of per-step metric arrays covering steps ``0 .. state.step - 1``.
+      state: a :class:`probgen.train.FitState`, or the stacked states of a sweep's members
+        (``state.step`` of shape ``member_shape``).
+      history: dict of per-step metric arrays covering steps ``0 .. step - 1``: shape
+        ``(step, ...)`` for one run, ``(*member_shape, step, ...)`` for stacked members.
       max_to_keep: keep only this many most recent checkpoints (``None``: keep all).
       run_config: JSON-able settings of the run (batch size, batching, data size) that a
         restore can check with its own ``run_config``.
+      step: the number the checkpoint is saved under (``None``: ``state.step``, which
+        must then be a scalar); a sweep passes the steps it has done (a member that
+        diverged stopped earlier).
 
     Returns:
       The step saved.
+
+    Raises:
+      SettingError: a history whose leading axes are not ``(*member_shape, step)``, or
+        stacked states without ``step``.
 
     Example:
         >>> import jax, jax.numpy as jnp, optax, tempfile
@@ -96,19 +110,30 @@ def save_checkpoint(
     """
     if max_to_keep is not None:
         max_to_keep = static_int(max_to_keep, "max_to_keep", "save_checkpoint")
-    step = int(state.step)
+    member_shape = tuple(np.shape(state.step))
+    if step is None:
+        if member_shape:
+            raise SettingError(
+                f"save_checkpoint: state.step has shape {member_shape} (stacked members); pass "
+                "step=, the number of steps done, to name the checkpoint"
+            )
+        step = int(state.step)
+    else:
+        step = static_int(step, "step", "save_checkpoint", minimum=0)
     _, key_impl = _key_to_data(state.key)
     paths, arrays, treedef = _flatten(_state_tree(state))
     history = {} if history is None else {str(k): np.asarray(v) for k, v in history.items()}
+    lead = member_shape + (step,)
     for name, values in history.items():
-        if values.shape[:1] != (step,):
+        if values.shape[:len(lead)] != lead:
             raise SettingError(
-                f"save_checkpoint: history[{name!r}] has shape {values.shape}; expected a "
-                f"leading axis of {step} (one entry per step done)"
+                f"save_checkpoint: history[{name!r}] has shape {values.shape}; expected leading "
+                f"axes {lead} (the member axes, then one entry per step done)"
             )
     manifest = {
         "format": FORMAT,
         "step": step,
+        "member_shape": list(member_shape),
         "key_impl": key_impl,
         "treedef": treedef,
         "paths": paths,
@@ -151,7 +176,8 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 
 def prepare_checkpoint_dir(
-    directory: str | os.PathLike, *, where: str = "fit", resume_from: int | None = None
+    directory: str | os.PathLike, *, where: str = "fit", resume_from: int | None = None,
+    resume_with: str = "pg.train.resume",
 ) -> str:
     """Check, before any training, that a run can write its checkpoints into ``directory``.
 
@@ -165,6 +191,8 @@ def prepare_checkpoint_dir(
       directory: the checkpoint folder.
       where: the caller's name, for messages.
       resume_from: the step a resumed run continues from (``None``: a new run).
+      resume_with: the function that continues a saved run, named in the message about a
+        folder that is not empty (``"pg.train.resume_sweep"`` for a sweep).
 
     Returns:
       The folder's absolute path.
@@ -187,7 +215,7 @@ def prepare_checkpoint_dir(
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise SettingError(f"{where}: checkpoint_dir {directory!r} is a file, not a folder")
     if resume_from is None:
-        _check_empty(directory, where)
+        _check_empty(directory, where, resume_with)
     else:
         _check_latest(directory, where, resume_from)
     try:
@@ -202,7 +230,7 @@ def prepare_checkpoint_dir(
     return directory
 
 
-def _check_empty(directory: str, where: str) -> None:
+def _check_empty(directory: str, where: str, resume_with: str) -> None:
     try:
         entries = sorted(os.listdir(directory)) if os.path.isdir(directory) else []
     except OSError as err:
@@ -218,8 +246,8 @@ def _check_empty(directory: str, where: str) -> None:
         held = f"checkpoints up to step {steps}" if steps is not None else f"{entries[:5]}"
         raise SettingError(
             f"{where}: checkpoint_dir {directory!r} is not empty (it holds {held}); a new run "
-            "needs an empty or new folder. To continue the run saved there, call "
-            "pg.train.resume with its checkpoint_dir."
+            f"needs an empty or new folder. To continue the run saved there, call "
+            f"{resume_with} with its checkpoint_dir."
         )
 
 
@@ -262,6 +290,8 @@ def restore_checkpoint(
     opt_state: Any,
     step: int | None = None,
     run_config: dict | None = None,
+    *,
+    member_shape: tuple[int, ...] = (),
 ) -> tuple[FitState, dict[str, np.ndarray]]:
     """Restore a :class:`FitState` and the metrics history saved by :func:`save_checkpoint`.
 
@@ -273,7 +303,10 @@ def restore_checkpoint(
       step: the step to restore; ``None`` restores the latest.
       run_config: if given, each of its entries must equal the one saved with the
         checkpoint (e.g. ``batch_size``), else :class:`CheckpointMismatchError`; an entry
-        that is a dict is compared on the keys both dicts have.
+        that is a dict is compared on the keys both dicts have. A checkpoint written
+        before an entry existed counts as having its default (``kind``: ``"fit"``).
+      member_shape: the leading member axes of a sweep's stacked state (``()``: one run);
+        ``params`` and ``opt_state`` then carry them too.
 
     Returns:
       ``(state, history)``.
@@ -303,7 +336,7 @@ def restore_checkpoint(
         where = f"checkpoint at step {step} in {directory!r}"
         manifest = _read_manifest(manager, step, where)
         _check_run_config(manifest.get("run_config", {}), run_config or {}, where)
-        template = _template(params, opt_state, manifest)
+        template = _template(params, opt_state, manifest, member_shape)
         paths = _check_structure(manifest, template, where)
         restored = _read_arrays(manager, step, where)
     values = _verified_leaves(restored.leaves, paths, manifest["sha256"], where)
@@ -337,17 +370,22 @@ def _read_manifest(manager, step: int, where: str) -> dict:
     return manifest
 
 
+# Entries a checkpoint written before they existed is taken to have.
+_CONFIG_DEFAULTS = {"kind": "fit"}
+
+
 def _config_differences(saved: dict, given: dict) -> list[str]:
     """``name: saved .., now ..`` for each entry of ``given`` that ``saved`` has otherwise.
 
     Entries that are dicts compare on the keys both have (a fingerprint filed under other
-    library versions is not compared).
+    library versions is not compared); an entry ``saved`` lacks is not compared, unless
+    it has a default (:data:`_CONFIG_DEFAULTS`).
     """
     differences = []
     for name, value in given.items():
-        if name not in saved:
+        if name not in saved and name not in _CONFIG_DEFAULTS:
             continue
-        old = saved[name]
+        old = saved.get(name, _CONFIG_DEFAULTS.get(name))
         if isinstance(value, dict) and isinstance(old, dict):
             differences += [
                 f"{name}: saved {old[k]!r}, now {value[k]!r}"
@@ -369,7 +407,7 @@ def _check_run_config(saved: dict, given: dict, where: str) -> None:
         )
 
 
-def _template(params: Any, opt_state: Any, manifest: dict) -> dict:
+def _template(params: Any, opt_state: Any, manifest: dict, member_shape: tuple[int, ...] = ()) -> dict:
     """The tree to restore into; the key's shape and dtype come from the checkpoint."""
     saved_shapes = dict(zip(manifest["paths"], manifest["shapes"]))
     saved_dtypes = dict(zip(manifest["paths"], manifest["dtypes"]))
@@ -377,7 +415,7 @@ def _template(params: Any, opt_state: Any, manifest: dict) -> dict:
         "params": params,
         "opt_state": opt_state,
         "key": np.zeros(saved_shapes.get("['key']", (2,)), saved_dtypes.get("['key']", "uint32")),
-        "step": np.int32(0),
+        "step": np.zeros(tuple(member_shape), np.int32),
     }
 
 

@@ -7,12 +7,15 @@ chunks, or stopped and resumed from a checkpoint, does not change a single bit.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
 import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -31,6 +34,7 @@ LossFn = Callable[..., Any]
 
 
 def _split_outputs(out: Any) -> tuple[jax.Array, dict]:
+    """``(loss, metrics)`` from what a loss returns; metrics may be arrays of any fixed shape."""
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], dict):
             raise ArgumentError(
@@ -42,12 +46,21 @@ def _split_outputs(out: Any) -> tuple[jax.Array, dict]:
         loss, metrics = out, {}
     if jnp.shape(loss) != ():
         raise ArgumentError(f"loss_fn must return a scalar loss; got shape {jnp.shape(loss)}")
+    arrays = {}
     for name, value in metrics.items():
         if not isinstance(name, str) or name == "loss":
             raise ArgumentError(f"loss_fn metrics keys must be strings other than 'loss'; got {name!r}")
-        if jnp.shape(value) != ():
-            raise ArgumentError(f"loss_fn metric {name!r} must be a scalar; got shape {jnp.shape(value)}")
-    return jnp.asarray(loss), metrics
+        try:
+            array = jnp.asarray(value)
+        except TypeError as err:
+            raise ArgumentError(
+                f"loss_fn metric {name!r} must be a number or an array of numbers; got "
+                f"{type(value).__name__}"
+            ) from err
+        if not (jnp.issubdtype(array.dtype, jnp.number) or array.dtype == jnp.bool_):
+            raise ArgumentError(f"loss_fn metric {name!r} must hold numbers; got dtype {array.dtype}")
+        arrays[name] = array
+    return jnp.asarray(loss), arrays
 
 
 def _run_keys(key: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -125,6 +138,104 @@ def _history(outputs) -> dict:
     return {"loss": loss, **metrics}
 
 
+# --- the one fit of a sweep member, run chunk by chunk (driven by probgen.train.sweep) -------
+
+_MEMBER_FIT: contextvars.ContextVar = contextvars.ContextVar("probgen_member_fit", default=None)
+
+
+def _trace_state() -> Any:
+    return jax.extend.core.get_opaque_trace_state(convention="probgen")
+
+
+class _MemberStart(NamedTuple):
+    """What the fit of a sweep member told the sweep when first traced."""
+
+    state: FitState  # the initial state (array leaves of the parameters)
+    steps: int
+    names: tuple[str, ...]  # the history's entries, "loss" first
+    run_config: dict  # batch settings, data signature, loss / optimizer fingerprints
+
+
+class _MemberFit:
+    """How the fit inside a sweep member runs while :func:`probgen.train.sweep` traces it.
+
+    The sweep traces ``train_fn`` under ``vmap`` with one of these active and loops over
+    chunks in Python between the compiled programs (progress, NaN report, checkpoints):
+
+    - ``"init"``: the fit records its initial :class:`FitState` and settings
+      (:class:`_MemberStart`) and returns a placeholder result (zeros of the history's
+      shapes); ``train_fn``'s own output is dropped;
+    - ``"chunk"``: the fit runs ``length`` steps from ``state`` (``ok``: not frozen) and
+      records ``(state, ok, outputs)``; ``train_fn``'s output is dropped;
+    - ``"finish"``: the fit returns the result of the whole run (``state``, ``history``),
+      from which ``train_fn`` builds its output.
+
+    Every step draws from ``(key, step)`` only, so these chunks give the single scan of
+    :func:`optimize` bit for bit. Only a fit traced at the member's own level counts in
+    ``calls``; one under a transformation inside ``train_fn`` (``jit``, ``vmap``, ``scan``,
+    ``cond``) runs as usual and counts in ``nested``, and the sweep does not chunk.
+    """
+
+    def __init__(self, mode: str, length: int = 0, state: Any = None, ok: Any = None, history: Any = None):
+        self.mode, self.length, self.state, self.ok, self.history = mode, length, state, ok, history
+        self.trace_state = _trace_state()
+        self.calls = 0
+        self.nested = 0
+        self.start: _MemberStart | None = None  # "init": what the first fit recorded
+        self.chunk: tuple | None = None  # "chunk": (state, ok, outputs)
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator["_MemberFit"]:
+        token = _MEMBER_FIT.set(self)
+        try:
+            yield self
+        finally:
+            _MEMBER_FIT.reset(token)
+
+    @property
+    def chunkable(self) -> bool:
+        return self.calls == 1 and self.nested == 0
+
+    def run(self, loss_fn, optimizer, spec: BatchSpec, data, state: FitState, static, steps: int) -> FitResult:
+        self.calls += 1
+        scan = functools.partial(_scan_chunk, with_static(loss_fn, static), optimizer, spec, None)
+        if self.mode == "init":
+            outputs = jax.eval_shape(functools.partial(scan, 1), state, jnp.asarray(True), data)[1]
+            if self.calls == 1:
+                names = tuple(_history(outputs))
+                self.start = _MemberStart(state, steps, names, _run_config(spec, data, loss_fn, optimizer))
+            return _result_of(state, static, _placeholder_history(outputs, steps))
+        if self.calls > 1:
+            raise SettingError(
+                "sweep: train_fn called fit once when first traced and again now; a sweep that "
+                "runs fit chunk by chunk needs exactly one fit call per trace"
+            )
+        if self.mode == "chunk":
+            (new_state, ok), outputs = scan(self.length, self.state, self.ok, data)
+            self.chunk = (new_state, ok, outputs)
+            return _result_of(new_state, static, _placeholder_history(outputs, steps))
+        return _result_of(self.state, static, self.history)
+
+
+def _member_fit() -> _MemberFit | None:
+    """The active :class:`_MemberFit` if this fit is traced at its member's level."""
+    context = _MEMBER_FIT.get()
+    if context is None:
+        return None
+    if _trace_state() != context.trace_state:
+        context.nested += 1
+        return None
+    return context
+
+
+def _placeholder_history(outputs, steps: int) -> dict:
+    return {name: jnp.zeros((steps,) + value.shape[1:], value.dtype) for name, value in _history(outputs).items()}
+
+
+def _result_of(state: FitState, static, history: dict) -> FitResult:
+    return FitResult(merge_params(state.params, static), state.opt_state, history, state.step, state.key)
+
+
 def optimize(
     loss_fn: LossFn,
     params: Any,
@@ -140,12 +251,15 @@ def optimize(
 
     This is :func:`fit` without progress, checkpoints or the NaN exception, so it can be
     traced: use it (or ``fit``, which switches to it when called under ``jit``/``vmap``)
-    inside :func:`probgen.train.sweep`. A non-finite loss freezes the state at that step
-    and shows up as NaN / inf in ``history["loss"]``; ``result.step`` says where it stopped.
+    inside :func:`probgen.train.sweep`. A non-finite loss or gradient freezes the state at
+    that step and shows up as NaN / inf in ``history["loss"]``; ``result.step`` says where
+    it stopped. The one fit of a sweep's ``train_fn`` runs chunk by chunk, driven by the
+    sweep (progress, checkpoints), with the same result bit for bit.
 
     Args:
       loss_fn: ``loss_fn(params, key, batch) -> loss`` or ``-> (loss, metrics_dict)``
-        with scalar loss and metrics; ``batch`` is ``None`` when ``data`` is ``None``.
+        with a scalar loss and metrics of any fixed shape (``history[name]`` then has
+        shape ``(steps, *metric_shape)``); ``batch`` is ``None`` when ``data`` is ``None``.
       params: initial parameters (pytree of float arrays).
       optimizer: an ``optax.GradientTransformation`` (use ``optax.inject_hyperparams``
         to make the learning rate a traced, sweepable value).
@@ -172,9 +286,12 @@ def optimize(
     params, static = split_params(params)
     params = _strong(params)
     state = FitState(params, optimizer.init(params), jnp.asarray(0, jnp.int32), key)
+    member = _member_fit()
+    if member is not None:  # the one fit of a sweep member: sweep runs it chunk by chunk
+        return member.run(loss_fn, optimizer, spec, data, state, static, steps)
     (state, _), outputs = _scan_chunk(with_static(loss_fn, static), optimizer, spec, None, steps, state,
                                       jnp.asarray(True), data)
-    return FitResult(merge_params(state.params, static), state.opt_state, _history(outputs), state.step, state.key)
+    return _result_of(state, static, _history(outputs))
 
 
 def _strong(params: Any) -> Any:
@@ -234,22 +351,32 @@ def _run_config(spec: BatchSpec, data: Any, loss_fn: LossFn, optimizer: optax.Gr
 
     Besides the batch settings and the data's structure, shapes and dtypes, ``loss_fn``
     and ``optimizer`` enter as fingerprints of their code and of the values they close
-    over (learning rates, constants). Bytecode differs between Python versions and
-    library releases (optax and probgen build closures), so each fingerprint is filed
-    under the versions that made it and compared only with one made under the same.
+    over (learning rates, constants); see :func:`_fingerprints`.
     """
     config = {
+        "kind": "fit",
         "num_examples": spec.num_examples,
         "batch_size": spec.batch_size,
         "batching": spec.batching,
         "data": _data_signature(data),
     }
+    return {**config, **_fingerprints(loss_fn=loss_fn, optimizer=optimizer)}
+
+
+def _fingerprints(**parts: Any) -> dict:
+    """``{name: {versions: fingerprint}}`` for each callable that can be fingerprinted.
+
+    Bytecode differs between Python versions and library releases (optax and probgen build
+    closures), so each fingerprint is filed under the versions that made it and compared
+    only with one made under the same.
+    """
     probgen_version = getattr(sys.modules.get("probgen"), "__version__", "unknown")
     versions = (
         f"python {sys.version_info[0]}.{sys.version_info[1]}, optax {optax.__version__}, "
         f"probgen {probgen_version}"
     )
-    for name, part in (("loss_fn", loss_fn), ("optimizer", optimizer)):
+    config = {}
+    for name, part in parts.items():
         fingerprint = _fingerprint(part)
         if fingerprint is not None:
             config[name] = {versions: fingerprint}
@@ -266,24 +393,27 @@ def _loop_settings(where: str, steps, chunk_size, checkpoint_every, max_to_keep)
     )
 
 
-def _run_chunks(
-    loss_fn, optimizer, spec, data, state: FitState, history: dict, steps: int, *,
-    chunk_size: int, progress, checkpoint_dir, checkpoint_every, max_to_keep, batch_sharding,
-    run_config: dict | None = None,
-) -> FitResult:
-    start = int(state.step)
-    run_chunk = _compiled_chunk(loss_fn, optimizer)
-    bar = progress_bar(progress, steps, start)
+def _drive_chunks(
+    run_chunk: Callable[..., Any], state: Any, ok: Any, history: dict, *, start: int, steps: int,
+    chunk_size: int, checkpoint_every: int | None, bar: Any, save: Callable[..., Any] | None,
+    check: Callable[..., Any], postfix: Callable[..., dict], step_axis: int = 0,
+) -> tuple[Any, Any, dict]:
+    """Run chunks from step ``start`` to ``steps``: the loop of :func:`fit` and :func:`sweep`.
+
+    ``run_chunk(length, state, ok) -> (state, ok, (loss, metrics, finite))`` runs one
+    compiled chunk. Between chunks: ``check(done, chunk_history, finite, new_state,
+    joined)`` (fit raises on a non-finite step), the progress ``bar`` (with ``postfix``),
+    and ``save(state, history, done)`` every ``checkpoint_every`` steps, at the end and on
+    ``KeyboardInterrupt`` (the last completed chunk). Histories join along ``step_axis``
+    (0 for a fit, 1 for a sweep's stacked members).
+
+    Returns:
+      ``(state, ok, history)`` after ``steps`` steps.
+    """
     pieces = {k: [np.asarray(v)] for k, v in history.items()}
-    ok = jnp.asarray(True)
 
-    def joined():
-        return {k: np.concatenate(v) for k, v in pieces.items()}
-
-    def save(state):
-        if checkpoint_dir is not None:
-            ckpt.save_checkpoint(checkpoint_dir, state, joined(), max_to_keep=max_to_keep,
-                                 run_config=run_config)
+    def joined() -> dict:
+        return {k: np.concatenate(v, axis=step_axis) for k, v in pieces.items()}
 
     done = start
     try:
@@ -291,45 +421,74 @@ def _run_chunks(
             length = min(chunk_size, steps - done)
             if checkpoint_every:
                 length = min(length, checkpoint_every - done % checkpoint_every)
-            (new_state, ok), outputs = run_chunk(spec, batch_sharding, length, state, ok, data)
+            new_state, new_ok, outputs = run_chunk(length, state, ok)
             chunk_history = {k: np.asarray(v) for k, v in _history(outputs).items()}
-            finite = np.asarray(outputs[2])
-            if not finite.all():
-                bad = int(np.argmin(finite))
-                for k, v in chunk_history.items():
-                    pieces.setdefault(k, []).append(v[:bad])
-                losses = np.concatenate(pieces["loss"])
-                last = float(losses[-1]) if losses.size else None
-                what = "loss" if not np.isfinite(chunk_history["loss"][bad]) else "gradient"
-                result = FitResult(new_state.params, new_state.opt_state, joined(), new_state.step, new_state.key)
-                raise NonFiniteLossError(
-                    f"fit: the {what} became non-finite at step {done + bad} "
-                    f"(loss={chunk_history['loss'][bad]}); last finite loss: "
-                    f"{last if last is not None else 'none (first step)'}"
-                    f"{' at step ' + str(done + bad - 1) if last is not None else ''}. "
-                    "The state entering that step is in err.result.",
-                    step=done + bad,
-                    last_finite_loss=last,
-                    result=result,
-                )
+            check(done, chunk_history, np.asarray(outputs[2]), new_state, joined)
             for k, v in chunk_history.items():
                 pieces.setdefault(k, []).append(v)
-            state = new_state
+            state, ok = new_state, new_ok
             done += length
             if bar is not None:
                 bar.update(length)
-                bar.set_postfix(loss=f"{chunk_history['loss'][-1]:.4g}")
-            if checkpoint_every and (done % checkpoint_every == 0 or done == steps):
-                save(state)
+                bar.set_postfix(postfix(chunk_history, ok))
+            if save is not None and checkpoint_every and (done % checkpoint_every == 0 or done == steps):
+                save(state, joined(), done)
     except KeyboardInterrupt:
-        # Keep the last completed chunk: resume() continues from it bit-for-bit.
-        if done > start and (not checkpoint_every or done % checkpoint_every):
-            save(state)
+        # Keep the last completed chunk: a resumed run continues from it bit-for-bit.
+        if save is not None and done > start and (not checkpoint_every or done % checkpoint_every):
+            save(state, joined(), done)
         raise
     finally:
         if bar is not None:
             bar.close()
-    history = joined() if pieces else {}
+    return state, ok, joined() if pieces else {}
+
+
+def _raise_non_finite(done: int, chunk_history: dict, finite: np.ndarray, new_state: FitState, joined) -> None:
+    """Stop a fit at its first non-finite step, with the last good state in the error."""
+    if finite.all():
+        return
+    bad = int(np.argmin(finite))
+    history = joined()
+    history = {k: np.concatenate([history[k], v[:bad]]) if k in history else v[:bad]
+               for k, v in chunk_history.items()}
+    losses = history["loss"]
+    last = float(losses[-1]) if losses.size else None
+    what = "loss" if not np.isfinite(chunk_history["loss"][bad]) else "gradient"
+    result = FitResult(new_state.params, new_state.opt_state, history, new_state.step, new_state.key)
+    raise NonFiniteLossError(
+        f"fit: the {what} became non-finite at step {done + bad} "
+        f"(loss={chunk_history['loss'][bad]}); last finite loss: "
+        f"{last if last is not None else 'none (first step)'}"
+        f"{' at step ' + str(done + bad - 1) if last is not None else ''}. "
+        "The state entering that step is in err.result.",
+        step=done + bad,
+        last_finite_loss=last,
+        result=result,
+    )
+
+
+def _run_chunks(
+    loss_fn, optimizer, spec, data, state: FitState, history: dict, steps: int, *,
+    chunk_size: int, progress, checkpoint_dir, checkpoint_every, max_to_keep, batch_sharding,
+    run_config: dict | None = None,
+) -> FitResult:
+    start = int(state.step)
+    program = _compiled_chunk(loss_fn, optimizer)
+
+    def run_chunk(length, state, ok):
+        (state, ok), outputs = program(spec, batch_sharding, length, state, ok, data)
+        return state, ok, outputs
+
+    def save(state, history, done):
+        ckpt.save_checkpoint(checkpoint_dir, state, history, max_to_keep=max_to_keep, run_config=run_config)
+
+    state, _, history = _drive_chunks(
+        run_chunk, state, jnp.asarray(True), history, start=start, steps=steps, chunk_size=chunk_size,
+        checkpoint_every=checkpoint_every, bar=progress_bar(progress, steps, start),
+        save=save if checkpoint_dir is not None else None, check=_raise_non_finite,
+        postfix=lambda chunk_history, ok: {"loss": f"{chunk_history['loss'][-1]:.4g}"},
+    )
     return FitResult(state.params, state.opt_state, history, state.step, state.key)
 
 
@@ -363,7 +522,9 @@ def fit(
 
     Args:
       loss_fn: ``loss_fn(params, key, batch)`` returning a scalar loss, or
-        ``(loss, metrics)`` with a dict of scalar metrics recorded in the history.
+        ``(loss, metrics)`` with a dict of metrics recorded in the history: numbers or
+        arrays of a fixed shape (``history[name]`` has shape ``(steps, *metric_shape)``).
+        Only the loss and the gradients are checked for NaN / inf.
       params: initial parameters (pytree of float arrays).
       optimizer: ``optax.GradientTransformation``.
       key: base PRNG key of the run.
@@ -425,7 +586,8 @@ def fit(
         if checkpoint_dir is not None:
             raise SettingError(
                 "fit was called under jit/vmap (e.g. in a sweep), where it cannot write "
-                "checkpoints; drop checkpoint_dir"
+                "checkpoints; drop checkpoint_dir (a sweep checkpoints all its members: "
+                "pg.train.sweep(train_fn, checkpoint_dir=..., ...))"
             )
         return optimize(loss_fn, params, optimizer, key, data=data, steps=steps,
                         batch_size=batch_size, batching=batching)

@@ -16,6 +16,9 @@ class FitState(NamedTuple):
       step: int32 scalar, the number of steps done.
       key: the run's *base* PRNG key; step ``i`` uses keys derived from ``(key, i)``, so
         the key never changes and a split or resumed run matches an unsplit one.
+
+    A :func:`probgen.train.sweep` carries the states of all its members stacked: every
+    leaf (``step`` and ``key`` included) with a leading member axis.
     """
 
     params: Any

@@ -24,6 +24,7 @@ def _right_mass_fkc(score_fns, betas):
     return jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), NUM_RUNS))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_annealing_beta_2_matches_exact_tempered_mixture_where_score_scaling_does_not():
     tempered = D.mixture_product(MIXTURE, MIXTURE)  # exactly p^2 / Z
     exact_right = float(jnp.exp(tempered.log_weights) @ (tempered.means[:, 0] > 0))
@@ -42,6 +43,7 @@ def test_annealing_beta_2_matches_exact_tempered_mixture_where_score_scaling_doe
     assert abs(plain_right - exact_right) > 0.1, plain_right
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_product_of_two_gaussian_experts_matches_exact_product():
     a = D.gaussian_mixture([1.0], [[-1.0]], 1.0)
     b = D.gaussian_mixture([1.0], [[2.0]], 0.6)
@@ -61,6 +63,7 @@ def test_product_of_two_gaussian_experts_matches_exact_product():
     assert abs(float(plain.var()) - exact_var) > 0.2 * exact_var
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_fkc_guidance_matches_the_exact_guided_gaussian():
     """Target p^(1-w) p(x|c)^w with p = N(0, 1), p(x|c) = N(m, v), w = 2: a Gaussian in closed form."""
     m, v, w = 0.96, 0.2, 2.0

@@ -1,5 +1,6 @@
 """Guidance on a conjugate Gaussian: prior N(0, 1), observation c ~ N(x, tau^2), posterior closed form."""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,6 +23,7 @@ def noisy_classifier_log_prob(x, t):
     return jax.scipy.stats.norm.logpdf(C, mean_post, jnp.sqrt(var_post + TAU**2))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_classifier_guidance_with_exact_noisy_classifier_samples_the_posterior(check):
     score = D.classifier_guidance(D.gmm_score(PRIOR, SDE), noisy_classifier_log_prob, scale=1.0)
     x = jax.jit(lambda k: D.reverse_sample(k, SDE, score, (2000, 1), "euler_maruyama", 200))(jax.random.key(0))

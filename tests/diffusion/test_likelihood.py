@@ -12,6 +12,7 @@ T_MIN = 1e-3
 POINTS = TARGET.sample(jax.random.key(0), 12)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_exact_divergence_matches_mixture_log_density():
     fn = jax.jit(lambda k, x: D.log_likelihood(k, SDE, D.gmm_score(TARGET, SDE), x, num_steps=100, t_min=T_MIN))
     lp = fn(jax.random.key(1), POINTS)

@@ -114,6 +114,7 @@ class ScoreMLP(nnx.Module):
         return self.l3(h)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_dsm_training_of_a_small_nnx_mlp_reaches_the_target(check, mmd):
     target = D.gaussian_mixture([0.4, 0.6], [[-1.5, 0.0], [1.5, 0.5]], 0.5)
     graphdef, state = nnx.split(ScoreMLP(nnx.Rngs(0)))

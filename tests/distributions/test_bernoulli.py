@@ -58,6 +58,7 @@ def test_keeps_numpyro_sampling_enumeration_and_validation():
         pg.Bernoulli(probs=0.3, logits=0.0)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_mvd_and_enum_estimators_still_find_the_logits_form():
     for strategy in (pg.ENUM, pg.MVD):
         @pg.gen

@@ -145,6 +145,7 @@ def _mean_field(params):
     return pg.dist.Normal(params["loc"], jnp.exp(params["log_scale"])).to_event(1)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_flow_vi_beats_mean_field_on_banana():
     elbo_mf = _elbo_fn(_mean_field, 32)
     elbo_nf = _elbo_fn(pg.flows.RealNVP, 32)

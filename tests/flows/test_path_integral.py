@@ -34,6 +34,7 @@ def _train_sampler(loss_factory, steps=300):
     return params
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_learned_sampler_log_normalizer_and_modes():
     results = {}
     for name, loss in [("reverse_kl", D.pis_reverse_kl), ("log_variance", D.pis_log_variance)]:

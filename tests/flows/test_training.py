@@ -2,6 +2,7 @@
 with the pg.dynamics integrators. (The path integral sampler is tested in
 tests/flows/test_path_integral.py.)"""
 
+import pytest
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,6 +40,7 @@ def _train_velocity(key, sample_pair, dim, interp, steps, batch=256, ot=False):
     return params
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_flow_matching_2d_mixture_samples_and_likelihood():
     pair = lambda k, n: (jax.random.normal(jax.random.fold_in(k, 1), (n, 2)), mixture_samples(k, n))  # noqa: E731
     params = _train_velocity(jax.random.key(0), pair, 2, pg.flows.linear_interpolant(), 1500)
@@ -71,6 +73,7 @@ def _mix1d(weights, means, stds):
     return sample, cdf
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_interpolant_transports_between_1d_mixtures():
     sample0, cdf0 = _mix1d([0.5, 0.5], [-2.0, 2.0], [0.4, 0.4])
     sample1, cdf1 = _mix1d([0.2, 0.8], [-1.0, 3.0], [0.3, 0.6])

@@ -23,6 +23,7 @@ def posterior(mean, sd):
     pg.sample("z", pg.Normal(mean, sd))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_prior_is_evidence_and_posterior_mean():
     res = jax.jit(lambda k: pg.mc.importance_sampling(k, model, {"x": X}, num_particles=20000))(jax.random.key(0))
     ratio = np.exp(np.asarray(res.log_weights, np.float64) - LOG_Z)

@@ -52,6 +52,7 @@ def test_float64_exact_proposal_bound_equals_log_p_to_float64_precision():
         assert jax.grad(loss)(exact, jax.random.key(0))["scale"].dtype == jnp.float64
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_bound_tightens_with_particles_and_trains():
     means = []
     for n in (1, 8, 64):
@@ -75,6 +76,7 @@ def test_bound_tightens_with_particles_and_trains():
     assert abs(float(params["scale"]) - 0.8) < 0.15, params
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_batch_gives_the_observations_of_the_step():
     params, key = {"scale": jnp.asarray(0.5), "log_sd": jnp.asarray(0.0)}, jax.random.key(3)
     direct = pg.mc.smc_objective(model_fn, num_particles=4, proposal_fn=proposal_fn)

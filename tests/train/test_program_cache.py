@@ -205,7 +205,7 @@ def test_sweep_with_a_rebuilt_train_fn_compiles_once():
         return pg.train.sweep(train, learning_rate=[0.1, 0.2])
 
     first, second = sweep_once(), sweep_once()
-    assert SWEEP_TRACES["n"] == 1
+    assert SWEEP_TRACES["n"] == 3  # the first sweep traces init, one chunk length, finish; the second none
     assert len(sweep_module._compiled_members) <= programs._PROGRAM_CACHE_SIZE
     # SGD on (p - 3)^2 from 0: p_5 = 3 (1 - (1 - 2 lr)^5).
     expected = 3.0 * (1.0 - (1.0 - 2.0 * np.array([0.1, 0.2])) ** 5)

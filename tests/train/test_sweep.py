@@ -24,7 +24,7 @@ def test_sweep_8_learning_rates_by_2_seeds_equals_each_run_alone(data):
     TRACES["n"] = 0
     result = pg.train.sweep(lambda learning_rate, seed: train(learning_rate, seed, data),
                             learning_rate=LEARNING_RATES, seed=[0, 1])
-    assert TRACES["n"] == 1  # one trace, one compiled call for all 16 runs
+    assert TRACES["n"] == 3  # init, one chunk length, finish: each traced once for all 16 runs
     assert result.grid_shape == (8, 2)
     assert result.results.params["w"].shape == (8, 2, 3)
     assert result.results.history["loss"].shape == (8, 2, 40)

@@ -86,6 +86,7 @@ def _held_out(params, test, key):
     return jnp.mean(jax.lax.map(one, (jax.random.split(key, test.shape[0]), test), batch_size=20))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_vae_elbo_and_iwae_training(data):
     train, test = data
     key = jax.random.key(123)
