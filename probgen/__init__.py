@@ -40,6 +40,7 @@ __version__ = "0.1.0"
 
 from probgen import diffusion, dynamics, flows, mc, train, vi  # noqa: E402,F401
 from probgen.train import fit, resume, sweep  # noqa: E402
+from probgen.mc import predictive  # noqa: E402
 
 from probgen.distributions import __all__ as _distribution_names  # noqa: E402
 
@@ -47,8 +48,8 @@ __all__ = sorted(
     [
         "ALL", "AddressError", "ArgumentError", "ChoiceMap", "ConstraintError", "GenFn", "GenerativeFunction",
         "Kernel", "MissingChoiceError", "ProbgenError", "Selection", "SettingError", "StrategyError", "Trace",
-        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "mc", "mix", "repeat", "resume", "run",
-        "sample", "scan", "select", "sweep", "switch", "train", "validate", "vi", "vmap",
+        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "mc", "mix", "predictive", "repeat",
+        "resume", "run", "sample", "scan", "select", "sweep", "switch", "train", "validate", "vi", "vmap",
     ]
     + list(_distribution_names)
 )

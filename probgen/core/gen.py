@@ -188,6 +188,7 @@ class _Handler:
         # the site *draws*; a given value keeps its full gradient (assess, generate, update).
         drawn_dist = jax.tree.map(jax.lax.stop_gradient, dist) if strategy is PATH else dist
         extras: dict = {}
+        recorded = None  # what the trace holds, when it differs from what the program computes with
         if value is None:
             value, extras = self._draw(full, dist, strategy, options, key)
             log_p = protocol.log_density(drawn_dist, value)
@@ -202,13 +203,19 @@ class _Handler:
             log_p = jnp.where(absent, protocol.log_density(drawn_dist, value), given_log_p)
             self.weight = self.weight + jnp.where(absent, jnp.zeros_like(given_log_p), given_log_p)
         elif bijection is not None:
-            log_p, value = _unconstrained_density(dist, bijection, value, space.inverse)
+            log_p, recorded = _unconstrained_density(dist, bijection, value, space.inverse)
             self.weight = self.weight + log_p
+            # The program always computes with the site's own (constrained) value: the inverse
+            # mode records T^{-1}(x) but hands x on, so later supports use the right bounds.
+            if not space.inverse:
+                value = recorded
         else:
             log_p = protocol.log_density(dist, value)
             self.weight = self.weight + log_p
-        self.entries[path] = value
-        self.site_scores[path] = log_p
+        self.entries[path] = value if recorded is None else recorded
+        # Per batch element under handlers.PointwiseScores (pg.mc.predictive's pointwise
+        # log-likelihood); the density of the site's value, without a change of variables.
+        self.site_scores[path] = jnp.asarray(dist.log_prob(value)) if handlers.pointwise_scores() else log_p
         self.score = self.score + log_p
         self.extras = add_extras(self.extras, extras)
         return value

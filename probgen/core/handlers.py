@@ -3,9 +3,10 @@
 While JAX traces a generative function, probgen keeps a Python list of *handlers*: the
 execution of each ``@pg.gen`` body, the address scope of each nested call, the
 combinators around the current site, the public method being run (which given values are
-hard constraints), scopes where given values may be placeholders, validation mode, and
-the interceptors that higher layers (``pg.vi``) install to change how sites draw. Nothing
-of it exists at run time: compiled code carries no trace of the stack.
+hard constraints), scopes where given values may be placeholders, validation mode,
+whether site scores are kept per element (``PointwiseScores``), and the interceptors
+that higher layers (``pg.vi``) install to change how sites draw. Nothing of it exists at
+run time: compiled code carries no trace of the stack.
 
 Every handler is pushed with :func:`handle` and popped on exit; the queries below read
 the stack from the innermost handler outwards. The only extension point for other layers
@@ -124,6 +125,17 @@ class Validating(NamedTuple):
     enabled: bool
 
 
+class PointwiseScores(NamedTuple):
+    """Traces made inside keep each primitive site's log density per element of its batch
+    shape (event dimensions summed) in ``Trace.site_scores``, instead of the scalar sum.
+
+    Combinators stack these like any site score (a ``pg.vmap`` plate of ``N`` gives
+    ``(N, *batch_shape)``), so the trace holds the pointwise log-likelihood of every
+    observation: what ``pg.mc.predictive`` reads. Scores and weights are unchanged. Use it
+    around ``simulate`` / ``assess`` / ``generate`` only (``update`` reads scalar site scores).
+    """
+
+
 # -- queries ---------------------------------------------------------------------------------------
 
 
@@ -195,3 +207,8 @@ def is_validating() -> bool:
     """Whether the function being traced now runs under ``pg.validate``."""
     flag = innermost(Validating)
     return flag is not None and flag.enabled
+
+
+def pointwise_scores() -> bool:
+    """Whether site scores are kept per batch element (a :class:`PointwiseScores` encloses)."""
+    return innermost(PointwiseScores) is not None

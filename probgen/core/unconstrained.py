@@ -11,8 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from probgen.core import handlers
-from probgen.core.choicemap import ChoiceMap, as_selection
+from probgen.core.choicemap import ChoiceMap, as_selection, format_address, select
+from probgen.core.errors import ArgumentError, SettingError
 from probgen.core.gfi import GenerativeFunction, Mode
 from probgen.core.trace import Trace
 
@@ -55,3 +59,66 @@ def to_unconstrained(gf: GenerativeFunction, choices, args: tuple, selection: An
         0.0
     """
     return assess_unconstrained(gf, choices, args, selection, inverse=True).choices
+
+
+def latent_sites(model: GenerativeFunction, observations: ChoiceMap, model_args: tuple, where: str):
+    """The model's latent addresses (every address ``observations`` does not fix), all continuous.
+
+    The one latent discovery of probgen (``pg.mc.posterior``, tempered SMC's model target,
+    ``pg.vi.autoguide``): ``model.generate`` is traced with ``jax.eval_shape``, so latents
+    inside ``pg.scan`` / ``pg.vmap`` (with their leading axes) and nested calls are found
+    without running the model.
+
+    Returns ``(addresses, shapes, dtype)``: the latent addresses, a choice map of every
+    choice's ``ShapeDtypeStruct`` and the dtype of the model's log densities.
+
+    Raises:
+      SettingError: nothing is latent. ArgumentError: a latent is discrete.
+
+    Example:
+        >>> import probgen as pg
+        >>> from probgen.core.unconstrained import latent_sites
+        >>> @pg.gen
+        ... def model():
+        ...     z = pg.sample("z", pg.Normal(0.0, 1.0))
+        ...     pg.sample("x", pg.Normal(z, 1.0))
+        >>> latent_sites(model, pg.ChoiceMap({"x": 0.5}), (), "example")[0]
+        [('z',)]
+    """
+    trace, weight = jax.eval_shape(lambda key: model.generate(key, observations, *model_args), jax.random.key(0))
+    shapes = trace.choices
+    latents = [a for a in shapes.addresses() if a not in observations]
+    if not latents:
+        raise SettingError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
+    discrete = [a for a in latents if not jnp.issubdtype(shapes[a].dtype, jnp.floating)]
+    if discrete:
+        names = ", ".join(f"{format_address(a)!r} ({shapes[a].dtype})" for a in discrete)
+        raise ArgumentError(
+            f"{where}: latent address {names} of {model.__name__} is discrete; gradient-based inference needs "
+            "continuous latents (observe them, marginalize them, or move them with pg.mc.regenerate on traces)")
+    return latents, shapes, weight.dtype
+
+
+def unconstrained_shapes(model: GenerativeFunction, observations: ChoiceMap, model_args: tuple,
+                         latents: list) -> dict:
+    """``{address: ShapeDtypeStruct}`` of each latent in unconstrained coordinates.
+
+    A site's unconstrained shape can differ from its value's (a simplex of ``K`` entries
+    has ``K - 1`` coordinates). A latent with no known bijection onto its support raises
+    the site's :class:`ArgumentError` here.
+
+    Example:
+        >>> import probgen as pg
+        >>> from probgen.core.unconstrained import unconstrained_shapes
+        >>> import jax.numpy as jnp
+        >>> @pg.gen
+        ... def model():
+        ...     pg.sample("w", pg.Dirichlet(jnp.ones(3)))
+        >>> unconstrained_shapes(model, pg.ChoiceMap(), (), [("w",)])[("w",)].shape
+        (2,)
+    """
+    unconstrained = jax.eval_shape(
+        lambda key: to_unconstrained(model, model.generate(key, observations, *model_args)[0].choices, model_args,
+                                     select(*latents)),
+        jax.random.key(0))
+    return {a: unconstrained[a] for a in latents}

@@ -7,6 +7,8 @@ axis. Infos name the same quantity the same way: ``acceptance_rate``, ``ess``,
 ``logdensity(position)`` function, or a model's :func:`posterior` (its continuous latents
 in unconstrained coordinates); one-shot drivers (``smc``, ``tempered_smc``,
 ``importance_sampling``, ``run_mcmc``) compile themselves on the first call.
+:func:`predictive` turns any of their posteriors (or a fitted guide) into posterior
+predictive draws and pointwise log-likelihoods, exported for ``arviz.loo`` / ``waic``.
 """
 
 from probgen.mc.diagnostics import MCMCSummary, bulk_ess, rank_normalized_rhat, summary, tail_ess
@@ -30,6 +32,7 @@ from probgen.mc.importance import (
 from probgen.mc.mcmc import MCMCInfo, hmc, hmc_proposal, mala, mala_proposal, mh, regenerate, rw_proposal
 from probgen.mc.objectives import smc_objective
 from probgen.mc.posterior import Posterior, posterior
+from probgen.mc.predictive import PredictiveResult, predictive
 from probgen.mc.replay import replay_generate
 from probgen.mc.resampling import (
     SCHEMES,
@@ -57,7 +60,8 @@ from probgen.mc.tempering import (
 
 __all__ = [
     "AdaptationInfo", "CHAIN_METHODS", "HamiltonianInfo", "HamiltonianState", "MCMCResult", "Posterior",
-    "WindowAdaptationState", "adapted_parameters", "nuts", "posterior", "run_mcmc", "window_adaptation",
+    "PredictiveResult",
+    "WindowAdaptationState", "adapted_parameters", "nuts", "posterior", "predictive", "run_mcmc", "window_adaptation",
     "MCMCSummary", "bulk_ess", "rank_normalized_rhat", "summary", "tail_ess", "to_arviz",
     "SmoothedPaths", "backward_simulation_smoother", "genealogy_smoother",
     "ImportanceResult", "MCMCInfo", "ParticleState", "SCHEMES", "SMCInfo", "SMCResult", "TemperedInfo",

@@ -76,8 +76,11 @@ def _stats_dict(sample_stats: Any, where: str) -> dict[str, Any]:
 
 
 def to_arviz(samples: Mapping[str, Any] | Any, sample_stats: Any = None, observed_data: Mapping[str, Any] | None = None,
-             *, coords: Mapping[str, Any] | None = None, dims: Mapping[str, list[str]] | None = None):
-    """MCMC draws (and their sampler statistics and the observed data) as an ArviZ data tree.
+             *, posterior_predictive: Mapping[str, Any] | None = None,
+             log_likelihood: Mapping[str, Any] | None = None,
+             coords: Mapping[str, Any] | None = None, dims: Mapping[str, list[str]] | None = None):
+    """MCMC draws (and their sampler statistics, the observed data, posterior predictive
+    draws and pointwise log-likelihoods) as an ArviZ data tree.
 
     Args:
       samples: draws ``(num_chains, num_draws, *shape)``: one array (named ``"x"``), a
@@ -91,12 +94,18 @@ def to_arviz(samples: Mapping[str, Any] | Any, sample_stats: Any = None, observe
         -> ``tree_depth``, ``logdensity`` -> ``lp``; ``acceptance_rate``, ``energy``,
         ``step_size`` and unknown names are kept.
       observed_data: a mapping of name -> observed array (no chain or draw axis).
+      posterior_predictive: a mapping of name -> predictive draws ``(num_chains, num_draws,
+        *shape)`` (:func:`pg.mc.predictive`; ``PredictiveResult.to_arviz`` fills it).
+      log_likelihood: a mapping of observed name -> pointwise log-likelihood
+        ``(num_chains, num_draws, *observation_shape)``, what ``arviz.loo`` and
+        ``arviz.waic`` read.
       coords, dims: ArviZ's coordinate values and per-variable dimension names.
 
     Returns:
       What ``arviz.from_dict`` returns: an ``xarray.DataTree`` (ArviZ 1.x) or an
-      ``InferenceData`` (ArviZ 0.x), with groups ``posterior``, ``sample_stats`` and
-      ``observed_data`` as given. Arrays keep their dtypes.
+      ``InferenceData`` (ArviZ 0.x), with groups ``posterior``, ``sample_stats``,
+      ``observed_data``, ``posterior_predictive`` and ``log_likelihood`` as given. Arrays
+      keep their dtypes.
 
     Raises:
       ImportError: when ArviZ is not installed (``pip install "probgen[arviz]"``).
@@ -133,6 +142,11 @@ def to_arviz(samples: Mapping[str, Any] | Any, sample_stats: Any = None, observe
                                f"got {type(observed_data).__name__}")
         groups["observed_data"] = _group(_named_draws(observed_data, where, separator="."), None,
                                          "observed_data", where)
+    for group, values in (("posterior_predictive", posterior_predictive), ("log_likelihood", log_likelihood)):
+        if values is not None:
+            if not isinstance(values, Mapping):
+                raise SettingError(f"{where}: {group} must be a mapping of name -> array, got {type(values).__name__}")
+            groups[group] = _group(_named_draws(values, where, separator="."), chains_draws, group, where)
     if int(arviz.__version__.split(".")[0]) >= 1:
         return arviz.from_dict(groups, coords=coords, dims=dims)
     return arviz.from_dict(**groups, coords=coords, dims=dims)

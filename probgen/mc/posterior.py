@@ -19,12 +19,16 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from probgen.core.choicemap import ChoiceMap, as_choicemap, format_address, select
 from probgen.core.errors import ArgumentError, SettingError
 from probgen.core.gfi import GenerativeFunction
-from probgen.core.unconstrained import assess_unconstrained, to_unconstrained
+from probgen.core.unconstrained import (  # noqa: F401  (latent_sites: tempered SMC imports it from here)
+    assess_unconstrained,
+    latent_sites,
+    to_unconstrained,
+    unconstrained_shapes,
+)
 from probgen.mc.checks import check_gf
 
 INITS = ("uniform", "prior")
@@ -176,35 +180,9 @@ def posterior(model: GenerativeFunction, observations, *model_args: Any) -> Post
     model_args = tuple(model_args)
     latents, _, _ = latent_sites(model, observations, model_args, "posterior")
     addresses = {format_address(a): a for a in latents}
-    unconstrained = jax.eval_shape(
-        lambda key: to_unconstrained(model, model.generate(key, observations, *model_args)[0].choices, model_args,
-                                     select(*latents)),
-        jax.random.key(0))
+    unconstrained = unconstrained_shapes(model, observations, model_args, latents)
     shapes = {n: unconstrained[a] for n, a in addresses.items()}
     return Posterior(model, observations, model_args, addresses, shapes)
-
-
-def latent_sites(model: GenerativeFunction, observations: ChoiceMap, model_args: tuple, where: str):
-    """The model's latent addresses (every address ``observations`` does not fix), all continuous.
-
-    Returns ``(addresses, shapes, dtype)``: the latent addresses, a choice map of every
-    choice's ``ShapeDtypeStruct`` and the dtype of the model's log densities.
-
-    Raises:
-      SettingError: nothing is latent. ArgumentError: a latent is discrete.
-    """
-    trace, weight = jax.eval_shape(lambda key: model.generate(key, observations, *model_args), jax.random.key(0))
-    shapes = trace.choices
-    latents = [a for a in shapes.addresses() if a not in observations]
-    if not latents:
-        raise SettingError(f"{where}: {model.__name__} has no latent choices left once the observations are fixed")
-    discrete = [a for a in latents if not jnp.issubdtype(shapes[a].dtype, jnp.floating)]
-    if discrete:
-        names = ", ".join(f"{format_address(a)!r} ({shapes[a].dtype})" for a in discrete)
-        raise ArgumentError(
-            f"{where}: latent address {names} of {model.__name__} is discrete; gradient-based moves need "
-            "continuous latents (observe them, marginalize them, or move them with pg.mc.regenerate on traces)")
-    return latents, shapes, weight.dtype
 
 
 def as_logdensity(target: Posterior | Callable, where: str) -> Callable:
