@@ -11,7 +11,10 @@ by side in one process:
 Reported: median step time (after warm-up, ``block_until_ready``), probgen/baseline ratio,
 compile time, and XLA cost-analysis flops of probgen vs hand-written. Then the compile
 time of the ELBO gradient of a linear-Gaussian state-space model (``pg.scan``) at
-T = 10, 100, 1000, against a hand-written ``lax.scan`` ELBO.
+T = 10, 100, 1000, against a hand-written ``lax.scan`` ELBO. Last, the SVI step of
+``pg.vi.autoguide`` (mean-field and full-rank, ``Trace_ELBO``-style 1-particle ELBO, Adam)
+against NumPyro's ``AutoNormal`` / ``AutoMultivariateNormal`` on Bayesian logistic
+regression (scikit-learn's breast cancer, standardized) and eight schools.
 
 Run: ``.venv/bin/python benchmarks/vi.py [--quick]``.
 """
@@ -237,6 +240,124 @@ def ssm_compile_times(steps):
     return probgen_s, time.perf_counter() - start
 
 
+# -- autoguides vs NumPyro's ------------------------------------------------------------------
+
+
+def _breast_cancer():
+    from sklearn.datasets import load_breast_cancer
+
+    data = load_breast_cancer()
+    x = (data.data - data.data.mean(0)) / data.data.std(0)
+    return jnp.asarray(x, jnp.float32), jnp.asarray(data.target, jnp.float32)
+
+
+SCHOOLS_Y = jnp.array([28.0, 8.0, -3.0, 7.0, -1.0, 1.0, 18.0, 12.0])
+SCHOOLS_SIGMA = jnp.array([15.0, 10.0, 16.0, 11.0, 9.0, 11.0, 10.0, 18.0])
+
+
+@pg.gen
+def logistic_regression(x):
+    w = pg.sample("w", pg.Normal(jnp.zeros(x.shape[1]), 1.0))
+    b = pg.sample("b", pg.Normal(0.0, 1.0))
+    pg.sample("y", pg.Bernoulli(logits=x @ w + b))
+
+
+@pg.gen
+def eight_schools(sigma):
+    mu = pg.sample("mu", pg.Normal(0.0, 5.0))
+    tau = pg.sample("tau", pg.dist.HalfCauchy(5.0))
+    theta = pg.sample("theta", pg.Normal(mu * jnp.ones(8), tau))
+    pg.sample("y", pg.Normal(theta, sigma))
+
+
+def _numpyro_models():
+    import numpyro
+    import numpyro.distributions as dist
+
+    def np_logistic_regression(x, y):
+        w = numpyro.sample("w", dist.Normal(jnp.zeros(x.shape[1]), 1.0).to_event(1))
+        b = numpyro.sample("b", dist.Normal(0.0, 1.0))
+        with numpyro.plate("data", x.shape[0]):
+            numpyro.sample("y", dist.Bernoulli(logits=x @ w + b), obs=y)
+
+    def np_eight_schools(sigma, y):
+        mu = numpyro.sample("mu", dist.Normal(0.0, 5.0))
+        tau = numpyro.sample("tau", dist.HalfCauchy(5.0))
+        with numpyro.plate("schools", 8):
+            theta = numpyro.sample("theta", dist.Normal(mu, tau))
+            numpyro.sample("y", dist.Normal(theta, sigma), obs=y)
+
+    return np_logistic_regression, np_eight_schools
+
+
+def prepare_autoguide(model, observations, args, family, repeats: int) -> Step:
+    """probgen: ``pg.vi.autoguide`` + ``pg.vi.elbo`` (1 particle) + Adam, one jitted step."""
+    guide = pg.vi.autoguide(model, observations, *args, family=family)
+    objective = pg.vi.elbo(model, guide)
+    optimizer = optax.adam(1e-2)
+    params = {"guide": guide.init_params(jax.random.key(0))}
+    batch = (observations, *args)
+
+    def step(params, state, key):
+        value, grads = jax.value_and_grad(objective)(params, key, batch)
+        updates, state = optimizer.update(grads, state, params)
+        return optax.apply_updates(params, updates), state, value
+
+    carry = [params, optimizer.init(params)]
+    start = time.perf_counter()
+    compiled = jax.jit(step).lower(carry[0], carry[1], jax.random.key(1)).compile()
+    compile_s = time.perf_counter() - start
+    keys = _keys(repeats)
+
+    def call():
+        carry[0], carry[1], value = compiled(carry[0], carry[1], next(keys))
+        return carry[0], value
+
+    return Step(call, compile_s, float("nan"))
+
+
+def prepare_numpyro_autoguide(np_model, args, family) -> Step:
+    """NumPyro: ``AutoNormal`` / ``AutoMultivariateNormal`` + ``Trace_ELBO`` + Adam, jitted ``svi.update``."""
+    import numpyro
+    from numpyro.infer import SVI, Trace_ELBO
+    from numpyro.infer.autoguide import AutoMultivariateNormal, AutoNormal
+
+    guide = (AutoNormal if family == "normal" else AutoMultivariateNormal)(np_model)
+    svi = SVI(np_model, guide, numpyro.optim.optax_to_numpyro(optax.adam(1e-2)), Trace_ELBO())
+    carry = [svi.init(jax.random.key(0), *args)]
+    start = time.perf_counter()
+    compiled = jax.jit(svi.update).lower(carry[0], *args).compile()
+    compile_s = time.perf_counter() - start
+
+    def call():
+        carry[0], value = compiled(carry[0], *args)
+        return carry[0], value
+
+    return Step(call, compile_s, float("nan"))
+
+
+def autoguide_rows(repeats: int) -> list[dict]:
+    np_logistic_regression, np_eight_schools = _numpyro_models()
+    x, y = _breast_cancer()
+    cases = (
+        ("logistic regression (breast cancer, D=31)", logistic_regression, {"y": y}, (x,), np_logistic_regression, (x, y)),
+        ("eight schools", eight_schools, {"y": SCHOOLS_Y}, (SCHOOLS_SIGMA,), np_eight_schools, (SCHOOLS_SIGMA, SCHOOLS_Y)),
+    )
+    rows = []
+    for case, model, observations, args, np_model, np_args in cases:
+        for family, np_name in (("normal", "AutoNormal"), ("mvn", "AutoMultivariateNormal")):
+            runs = {"probgen": prepare_autoguide(model, observations, args, family, repeats),
+                    "numpyro": prepare_numpyro_autoguide(np_model, np_args, family)}
+            t, _ = interleaved_calls({name: run.call for name, run in runs.items()}, repeats)
+            rows.append(dict(
+                name=f"autoguide {family} SVI step, {case} vs NumPyro {np_name}",
+                probgen_s=t["probgen"], baseline_s=t["numpyro"], ratio=t["probgen"] / t["numpyro"],
+                notes=f"compile {runs['probgen'].compile_s:.2f}s vs {runs['numpyro'].compile_s:.2f}s; "
+                      f"Trace_ELBO 1 particle, Adam; interleaved, {repeats} rounds",
+            ))
+    return rows
+
+
 def main(quick: bool = False) -> list[dict]:
     repeats = 50 if quick else 300
     batches = (128,) if quick else (128, 1024)
@@ -270,6 +391,7 @@ def main(quick: bool = False) -> list[dict]:
         pg_s, hand_s = ssm_compile_times(steps)
         rows.append(dict(name=f"ssm ELBO-grad compile T={steps} vs hand lax.scan", probgen_s=pg_s, baseline_s=hand_s,
                          ratio=pg_s / hand_s, notes="compile time (s)"))
+    rows += autoguide_rows(repeats)
     return rows
 
 
