@@ -10,6 +10,17 @@ defines the SDEs' vector fields and weights. ``reverse_sample`` is the one-shot 
 the samplers, ``log_likelihood`` of the likelihood kernel, ``fkc_sample`` of the
 Feynman–Kac corrector. The learned path integral sampler for unnormalized densities is
 ``pg.flows.pis_*``. :class:`GaussianMixture` gives exact noised scores and densities for testing.
+``vdm_*``: variational diffusion models (learned log-SNR schedule, continuous/discrete ELBO);
+``diffusion_classify``: zero-shot classification by class-conditional ELBOs; ``svdd`` and
+``smc_guidance``: derivative-free reward guidance of any pretrained sampler kernel.
+
+Discrete data (integer tokens ``(N, L)``, vocabulary ``K``, mask id ``K``; time ``t = 1`` noise
+to ``t = 0`` data; a denoiser ``denoiser(x_t, t) -> logits (N, L, K)``): masked diffusion
+(``mask_tokens``, ``masked_diffusion_loss``, ``masked_diffusion_elbo``, ``masked_elbo_integrand``,
+the samplers ``masked_ancestral`` and ``masked_topk_unmasking``, ``masked_transition_log_prob``),
+uniform-noise diffusion (``uniform_*``, ``randomize_tokens``), discrete flow matching (``discrete_flow_*``),
+with the schedules ``linear_schedule``, ``cosine_schedule`` and ``polynomial_schedule`` (per token
+class: learnable). Their samplers are kernels with state ``IntegratorState(x, t, step)``, ``x`` int.
 """
 
 from probgen.diffusion.fkc import (
@@ -21,8 +32,21 @@ from probgen.diffusion.fkc import (
     fkc_guidance,
     product_of_experts,
 )
+from probgen.diffusion.classify import ClassifierScores, diffusion_classify
+from probgen.diffusion.discrete import DiscreteSchedule, cosine_schedule, linear_schedule, polynomial_schedule
+from probgen.diffusion.discrete_flow import discrete_flow_euler, discrete_flow_loss, discrete_flow_transition_log_prob
 from probgen.diffusion.guidance import classifier_free_guidance, classifier_guidance
 from probgen.diffusion.likelihood import likelihood_kernel, log_likelihood
+from probgen.diffusion.masked import (
+    all_masked,
+    mask_tokens,
+    masked_ancestral,
+    masked_diffusion_elbo,
+    masked_diffusion_loss,
+    masked_elbo_integrand,
+    masked_topk_unmasking,
+    masked_transition_log_prob,
+)
 from probgen.diffusion.losses import (
     PARAMETERIZATIONS,
     denoising_score_matching,
@@ -49,6 +73,25 @@ from probgen.diffusion.samplers import (
 )
 from probgen.diffusion.sde import SDE, subvp, ve, vp, vp_cosine
 from probgen.diffusion.search import SearchResult, SearchState, best_of_n, local_search, zero_order_search
+from probgen.diffusion.smc_guidance import SMCGuidanceInfo, SMCGuidanceState, smc_guidance, smc_guidance_sample
+from probgen.diffusion.svdd import SVDDInfo, svdd, svdd_sample
+from probgen.diffusion.uniform_discrete import (
+    randomize_tokens,
+    uniform_ancestral,
+    uniform_diffusion_elbo,
+    uniform_diffusion_loss,
+    uniform_elbo_integrand,
+    uniform_transition_log_prob,
+)
+from probgen.diffusion.vdm import (
+    VDMBound,
+    vdm_elbo,
+    vdm_gamma,
+    vdm_loss,
+    vdm_schedule,
+    vdm_score,
+    vdm_sde,
+)
 
 __all__ = [
     "SDE", "vp", "vp_cosine", "ve", "subvp",
@@ -61,4 +104,13 @@ __all__ = [
     "classifier_guidance", "classifier_free_guidance",
     "FKCState", "FKCInfo", "feynman_kac", "fkc_sample", "anneal", "product_of_experts", "fkc_guidance",
     "SearchResult", "SearchState", "best_of_n", "zero_order_search", "local_search",
+    "VDMBound", "vdm_schedule", "vdm_gamma", "vdm_sde", "vdm_score", "vdm_loss", "vdm_elbo",
+    "ClassifierScores", "diffusion_classify",
+    "SVDDInfo", "svdd", "svdd_sample", "SMCGuidanceState", "SMCGuidanceInfo", "smc_guidance", "smc_guidance_sample",
+    "DiscreteSchedule", "linear_schedule", "cosine_schedule", "polynomial_schedule",
+    "all_masked", "mask_tokens", "masked_diffusion_loss", "masked_diffusion_elbo", "masked_elbo_integrand",
+    "masked_ancestral", "masked_topk_unmasking", "masked_transition_log_prob",
+    "randomize_tokens", "uniform_diffusion_loss", "uniform_diffusion_elbo", "uniform_elbo_integrand",
+    "uniform_ancestral", "uniform_transition_log_prob",
+    "discrete_flow_loss", "discrete_flow_euler", "discrete_flow_transition_log_prob",
 ]
