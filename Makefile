@@ -2,7 +2,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Run again in float64 (jax_enable_x64): every module keeps the caller's dtype.
-X64_TESTS := tests/core tests/distributions tests/vi tests/mc tests/diffusion tests/dynamics tests/flows tests/test_kernels.py
+X64_TESTS := tests/core tests/distributions tests/vi tests/mc tests/diffusion tests/dynamics tests/flows tests/gfn tests/test_kernels.py
 
 .PHONY: demo test bench bench-quick clean
 

@@ -3,7 +3,8 @@
 ``import probgen as pg``. Models and variational families are ``@pg.gen`` functions;
 ``pg.vi`` turns programs over them into gradient estimators; ``pg.mc`` holds importance
 sampling, SMC and MCMC; ``pg.diffusion`` and ``pg.flows`` hold score-based and flow
-samplers, all speaking the one kernel protocol (``pg.Kernel``, ``pg.run``); ``pg.train``
+samplers, all speaking the one kernel protocol (``pg.Kernel``, ``pg.run``); ``pg.gfn``
+holds GFlowNets (environments in pure JAX, policies as generative functions); ``pg.train``
 fits, sweeps and checkpoints.
 """
 
@@ -38,7 +39,7 @@ from probgen.kernels import Kernel, run
 
 __version__ = "0.1.0"
 
-from probgen import diffusion, dynamics, flows, mc, train, vi  # noqa: E402,F401
+from probgen import diffusion, dynamics, flows, gfn, mc, train, vi  # noqa: E402,F401
 from probgen.train import fit, resume, sweep  # noqa: E402
 from probgen.mc import predictive  # noqa: E402
 
@@ -48,7 +49,7 @@ __all__ = sorted(
     [
         "ALL", "AddressError", "ArgumentError", "ChoiceMap", "ConstraintError", "GenFn", "GenerativeFunction",
         "Kernel", "MissingChoiceError", "ProbgenError", "Selection", "SettingError", "StrategyError", "Trace",
-        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "mc", "mix", "predictive", "repeat",
+        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "gfn", "mc", "mix", "predictive", "repeat",
         "resume", "run", "sample", "scan", "select", "sweep", "switch", "train", "validate", "vi", "vmap",
     ]
     + list(_distribution_names)

@@ -5,7 +5,7 @@ import inspect
 
 import probgen as pg
 
-SUBPACKAGES = {"diffusion", "dynamics", "flows", "mc", "train", "vi", "dist"}
+SUBPACKAGES = {"diffusion", "dynamics", "flows", "gfn", "mc", "train", "vi", "dist"}
 
 
 def test_dir_shows_the_api_not_the_modules():
@@ -35,7 +35,7 @@ def test_public_names_are_unique_across_subpackages():
     import importlib
 
     owners = {}
-    for sub in ("core", "distributions", "diffusion", "dynamics", "flows", "mc", "train", "vi"):
+    for sub in ("core", "distributions", "diffusion", "dynamics", "flows", "gfn", "mc", "train", "vi"):
         module = importlib.import_module(f"probgen.{sub}")
         for name in module.__all__:
             value = getattr(module, name)
@@ -52,7 +52,7 @@ def test_layers_import_only_the_layers_above():
     import pathlib
     import re
 
-    order = ["distributions", "core", "kernels", "dynamics", "vi", "mc", "diffusion", "flows", "train"]
+    order = ["distributions", "core", "kernels", "dynamics", "vi", "mc", "diffusion", "flows", "gfn", "train"]
     rank = {name: i for i, name in enumerate(order)}
     root = pathlib.Path(pg.__file__).parent
     upward = []
