@@ -129,6 +129,7 @@ def svdd_draws():
     return draws
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_svdd_with_the_exact_value_approaches_the_tilted_target_as_candidates_grow(svdd_draws):
     num_groups = 8
     tv = {m: np.array([total_variation(_histogram(g), TILTED) for g in np.split(x, num_groups)])

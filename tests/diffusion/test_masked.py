@@ -229,6 +229,7 @@ def _net(params, x, t):
     return pg.flows.mlp(params, features).reshape(x.shape + (K,))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_training_the_elbo_with_an_mlp_reaches_the_target():
     data = SEQS[jax.random.categorical(jax.random.key(7), LOG_P, shape=(4096,))]
     params = pg.flows.init_mlp(jax.random.key(8), [L * (K + 1) + 1, 32, 32, L * K], final_scale=0.1)

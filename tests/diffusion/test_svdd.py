@@ -81,6 +81,7 @@ def test_exact_value_is_the_reward_at_the_end_and_a_martingale():
         assert abs(tilt.mean() - math.exp(LOG_Z)) < 4 * _se(tilt), (t, tilt.mean(), math.exp(LOG_Z))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_svdd_with_exact_value_approaches_tilted_target_as_candidates_grow():
     # SVDD particles are independent (no resampling across particles), so binomial and KS errors apply.
     num_particles = 4000
@@ -139,6 +140,7 @@ def test_svdd_alpha_zero_is_greedy_and_alpha_may_be_traced():
     assert abs(float(x[1].mean())) < 4 * s / math.sqrt(num_particles)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_smc_guidance_matches_tilted_target_and_z_is_unbiased():
     num_seeds, num_particles = 16, 1000
     smc = D.smc_guidance(SAMPLER, exact_value, ALPHA, reward_fn=reward)

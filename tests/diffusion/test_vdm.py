@@ -107,6 +107,7 @@ def test_discrete_time_bound_is_looser_and_converges_to_the_continuous_one():
     assert np.all(np.abs(np.asarray(cont.elbo - fine.elbo)) < 4 * np.hypot(cont.stderr, fine.stderr))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_learning_the_endpoints_tightens_the_bound():
     data = MIXTURE.sample(jax.random.key(0), 2048)
     held_out = MIXTURE.sample(jax.random.key(1), 256)
@@ -132,6 +133,7 @@ def test_learning_the_endpoints_tightens_the_bound():
     assert gap.mean() > -4 * gap.std(ddof=1) / math.sqrt(gap.size) - 4 * float(np.sqrt(np.mean(after.stderr**2)))
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_variance_training_of_the_interior_keeps_the_loss_value_and_lowers_the_variance():
     eps_fn = lambda w, z, gamma: w * z  # noqa: E731
     params = {"denoiser": jnp.array(0.3), "schedule": D.vdm_schedule(-8.0, 6.0, num_hidden=4)}

@@ -120,6 +120,7 @@ def test_log_partition_estimate_is_unbiased_for_z():
     assert abs(weights.mean() - z) < 4 * weights.std() / np.sqrt(num)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_terminal_log_prob_estimate():
     # A tree (append only): one trajectory per object, the estimate is exact.
     tree = pg.gfn.bit_sequence(jnp.array([[0, 1, 1, 0]]), word_size=2, prepend=False)

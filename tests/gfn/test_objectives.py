@@ -162,6 +162,7 @@ def _train(make, steps, learning_rate, epsilon, log_flow=False, seed=0):
     return float(pg.gfn.l1_distance(learned, pg.gfn.reward_distribution(GRID))), result.params
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_trajectory_balance_learns_the_hypergrid_and_its_log_partition():
     # 1,000 steps of 16 trajectories (epsilon = 0.05), seeds 0/1: measured L1 0.018 and
     # |log Z - exact| = 0.003 (exact log Z = log 16.064 = 2.777).

@@ -11,6 +11,7 @@ from tests.gfn.common import GRID as ENV
 from tests.gfn.common import GRID_GFN, GRID_PARAMS
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_replay_training_learns_the_small_hypergrid():
     gfn, params = pg.gfn.init_gflownet(jax.random.key(0), ENV, [32])
     optimizer = optax.multi_transform({"nets": optax.adam(3e-3), "log_Z": optax.adam(0.1)},

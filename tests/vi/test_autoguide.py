@@ -106,6 +106,7 @@ def test_full_rank_recovers_a_correlated_posterior_covariance():
     np.testing.assert_allclose(cov, LIN_COV, atol=2e-3)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_low_rank_recovers_a_diagonal_plus_rank_one_posterior():
     # z ~ N(0, s² I + m² 11ᵀ), y ~ N(z, t² I): the posterior covariance is a I + b 11ᵀ.
     prior_cov = 0.3**2 * jnp.eye(4) + 1.0 * jnp.ones((4, 4))
@@ -306,6 +307,7 @@ def test_sticking_the_landing_gradient_vanishes_at_the_exact_posterior():
         np.testing.assert_allclose(leaf, 0.0, atol=1e-4)
 
 
+@pytest.mark.slow  # a long statistical run: the float64 pass skips it
 def test_iaf_family_fits_the_conjugate_posterior_mean():
     guide = pg.vi.autoguide(conjugate, CONJ_DATA, family=pg.flows.IAF,
                             flow_init=lambda key, dim: pg.flows.init_maf(key, dim, num_layers=1, hidden=(8,)))
