@@ -280,6 +280,21 @@ def per_sequence_time(t: jax.Array, num_sequences: int, where: str = "", name: s
     return jnp.broadcast_to(t, (num_sequences,))
 
 
+def check_transition(x_t, x_s, t, s, upper: int, where: str, meaning: str):
+    """The arguments of a reverse step's transition log-probability, checked and shaped.
+
+    ``x_t`` and ``x_s``: token arrays of one shape (ids in ``[0, upper]``); ``t`` and ``s``:
+    a reverse step's times (``0 <= s < t <= 1``), returned per sequence, shape ``(N,)``.
+    """
+    x_t = check_tokens(x_t, upper, where, "x_t", meaning)
+    x_s = check_tokens(x_s, upper, where, "x_s", meaning)
+    if x_t.shape != x_s.shape:
+        raise SettingError(f"{where}: x_t and x_s must have the same shape, got {x_t.shape} and {x_s.shape}")
+    t, s = check_step_times(t, s, where)
+    num = x_t.shape[0]
+    return x_t, x_s, per_sequence_time(t, num, where), per_sequence_time(s, num, where, "s")
+
+
 def denoised_log_probs(denoiser: Callable, x: jax.Array, t: jax.Array, vocab_size: int, where: str) -> jax.Array:
     """``log_softmax`` of ``denoiser(x, t)`` (``t`` per sequence), its shape checked at trace time."""
     logits = denoiser(x, per_sequence_time(jnp.asarray(t), x.shape[0], where))

@@ -39,12 +39,11 @@ from probgen.core.validation import check
 from probgen.diffusion.discrete import (
     DiscreteSchedule,
     check_schedule,
-    check_step_times,
+    check_transition,
     check_tokens,
     check_vocab_size,
     denoised_log_probs,
     gather_class,
-    per_sequence_time,
     refuse_per_class,
     time_dtype,
     token_kernel,
@@ -62,6 +61,11 @@ FLOW_METHODS = ("euler", "exact")
 def _check_source(source: str, where: str) -> None:
     if source not in SOURCES:
         raise SettingError(f"{where}: source must be one of {SOURCES}, got {source!r}")
+
+
+def _check_method(method: str, where: str) -> None:
+    if method not in FLOW_METHODS:
+        raise SettingError(f"{where}: method must be one of {FLOW_METHODS}, got {method!r}")
 
 
 def _upper(source: str, vocab_size: int) -> int:
@@ -203,8 +207,7 @@ def discrete_flow_euler(denoiser: Denoiser, vocab_size: int, num_steps: int,
     where = "discrete_flow_euler"
     vocab_size = check_vocab_size(vocab_size, where)
     _check_source(source, where)
-    if method not in FLOW_METHODS:
-        raise SettingError(f"{where}: method must be one of {FLOW_METHODS}, got {method!r}")
+    _check_method(method, where)
     schedule = check_schedule(schedule, where)
     refuse_per_class(schedule, vocab_size, where)
     num_steps = static_int(num_steps, "num_steps", where)
@@ -254,18 +257,11 @@ def discrete_flow_transition_log_prob(denoiser: Denoiser, x_t: jax.Array, x_s: j
     where = "discrete_flow_transition_log_prob"
     vocab_size = check_vocab_size(vocab_size, where)
     _check_source(source, where)
-    if method not in FLOW_METHODS:
-        raise SettingError(f"{where}: method must be one of {FLOW_METHODS}, got {method!r}")
+    _check_method(method, where)
     schedule = check_schedule(schedule, where)
     refuse_per_class(schedule, vocab_size, where)
     upper, meaning = _upper(source, vocab_size), _meaning(source, vocab_size)
-    x_t = check_tokens(x_t, upper, where, "x_t", meaning)
-    x_s = check_tokens(x_s, upper, where, "x_s", meaning)
-    if x_t.shape != x_s.shape:
-        raise SettingError(f"{where}: x_t and x_s must have the same shape, got {x_t.shape} and {x_s.shape}")
-    t, s = check_step_times(t, s, where)
-    num = x_t.shape[0]
-    t, s = per_sequence_time(t, num, where), per_sequence_time(s, num, where, "s")
+    x_t, x_s, t, s = check_transition(x_t, x_s, t, s, upper, where, meaning)
     log_probs = denoised_log_probs(denoiser, x_t, t, vocab_size, where)
     jump = _jump_probability(schedule, t, s, method)[:, None, None]
     probs = jump * jnp.exp(log_probs)  # (N, L, K)

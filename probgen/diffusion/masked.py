@@ -45,7 +45,7 @@ from probgen.diffusion.discrete import (
     averaged_elbo,
     check_num_steps,
     check_schedule,
-    check_step_times,
+    check_transition,
     check_time,
     check_tokens,
     check_vocab_size,
@@ -449,13 +449,7 @@ def masked_transition_log_prob(denoiser: Denoiser, x_t: jax.Array, x_s: jax.Arra
     where = "masked_transition_log_prob"
     vocab_size = check_vocab_size(vocab_size, where)
     schedule = check_schedule(schedule, where)
-    x_t = check_tokens(x_t, vocab_size, where, "x_t", _masked_meaning(vocab_size))
-    x_s = check_tokens(x_s, vocab_size, where, "x_s", _masked_meaning(vocab_size))
-    if x_t.shape != x_s.shape:
-        raise SettingError(f"{where}: x_t and x_s must have the same shape, got {x_t.shape} and {x_s.shape}")
-    t, s = check_step_times(t, s, where)
-    num = x_t.shape[0]
-    t, s = per_sequence_time(t, num, where), per_sequence_time(s, num, where, "s")
+    x_t, x_s, t, s = check_transition(x_t, x_s, t, s, vocab_size, where, _masked_meaning(vocab_size))
     log_probs = denoised_log_probs(denoiser, x_t, t, vocab_size, where)
     unmask, keep = _unmask_probs(schedule, t, s, vocab_size)  # (N, K)
     value = jnp.minimum(x_s, vocab_size - 1)
