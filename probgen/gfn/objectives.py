@@ -60,6 +60,7 @@ from probgen.gfn.envs import ById, default_float
 from probgen.gfn.policies import (
     GFlowNet,
     check_exploration,
+    check_gflownet,
     forward_action_log_probs,
     param_entry,
     policy_inputs,
@@ -182,8 +183,7 @@ def _edge_residuals(log_f, log_pf, log_pb):
 
 
 def _objective(name: str, gfn: GFlowNet, compute: Callable, settings: _Settings, doc: str) -> GFlowNetLoss:
-    if not isinstance(gfn, GFlowNet):
-        raise ArgumentError(f"{name}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+    check_gflownet(gfn, name)
 
     def loss(params: Any, key: jax.Array, batch: Trajectories | None = None) -> jax.Array:
         trajectories = _batch(gfn, settings, params, key, batch, name)
@@ -313,8 +313,7 @@ def log_partition_variance(
 
 
 def _needs_flow(gfn: GFlowNet, where: str) -> None:
-    if not isinstance(gfn, GFlowNet):
-        raise ArgumentError(f"{where}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+    check_gflownet(gfn, where)
     if gfn.log_flow is None:
         raise SettingError(f"{where} needs state log flows: build the GFlowNet with a log_flow function "
                            "(pg.gfn.init_gflownet(..., log_flow=True))")
@@ -504,8 +503,7 @@ def modified_detailed_balance(
         True
     """
     where = "modified_detailed_balance"
-    if not isinstance(gfn, GFlowNet):
-        raise ArgumentError(f"{where}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+    check_gflownet(gfn, where)
     exit_action = gfn.env.exit_action
     if exit_action is None:
         raise SettingError(f"{where} needs an environment whose every state may exit (env.exit_action); "
@@ -570,8 +568,7 @@ def edge_flow_matching(
         True
     """
     where = "edge_flow_matching"
-    if not isinstance(gfn, GFlowNet):
-        raise ArgumentError(f"{where}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+    check_gflownet(gfn, where)
     settings = _settings(where, num_trajectories, reward_exponent, log_reward, epsilon, temperature,
                          condition_sampler)
     env = gfn.env

@@ -418,6 +418,12 @@ def check_condition_size(condition: Any, num: int, where: str) -> None:
                                 f"{tuple(jnp.shape(leaf))}")
 
 
+def check_gflownet(gfn: Any, where: str) -> None:
+    """``gfn`` is a :class:`GFlowNet`, or an error naming ``where``."""
+    if not isinstance(gfn, GFlowNet):
+        raise ArgumentError(f"{where}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+
+
 def check_exploration(epsilon: Any, temperature: Any, where: str) -> None:
     """``epsilon`` in ``[0, 1]``, ``temperature > 0``: checked at trace time if static, else under ``pg.validate``."""
     for name, value, ok, expected in (

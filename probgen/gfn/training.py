@@ -27,7 +27,7 @@ import optax
 
 from probgen.core.checks import static_int
 from probgen.core.errors import ArgumentError, SettingError
-from probgen.gfn.policies import GFlowNet, check_exploration
+from probgen.gfn.policies import GFlowNet, check_exploration, check_gflownet
 from probgen.gfn.replay import ReplayBuffer, replay_add, replay_buffer, replay_sample
 from probgen.gfn.trajectories import sample_trajectories
 from probgen.kernels import Kernel
@@ -112,8 +112,7 @@ def gflownet_trainer(
         ((20,), 64, 20)
     """
     where = "gflownet_trainer"
-    if not isinstance(gfn, GFlowNet):
-        raise ArgumentError(f"{where}: expected a pg.gfn.GFlowNet, got {type(gfn).__name__}")
+    check_gflownet(gfn, where)
     num_trajectories = static_int(num_trajectories, "num_trajectories", where)
     buffer_capacity = static_int(buffer_capacity, "buffer_capacity", where, minimum=0)
     num_replayed = static_int(num_replayed, "num_replayed", where, minimum=0)
