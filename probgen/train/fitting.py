@@ -74,10 +74,15 @@ def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
 
 
-def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, state: FitState, ok, data):
+def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, state: FitState, ok, data,
+                guard: bool = True):
     """Run ``length`` steps from ``state``; freeze the state at the first non-finite step.
 
-    Returns ``((state, ok), (loss, metrics, finite))`` with per-step outputs.
+    Returns ``((state, ok), (loss, metrics, finite))`` with per-step outputs. With
+    ``guard=False`` the state is not frozen (each step saves a select over the whole
+    state); ``ok`` and ``finite`` are still exact, so a caller that sees a non-finite step
+    (or entered with ``ok`` False) runs the chunk again guarded from the same state, which
+    repeats the same steps up to the bad one and stops there (see :func:`_run_chunks`).
     """
     loss_key, data_key = _run_keys(state.key)
     epoch_batching = spec.batch_size is not None and spec.batching == "epoch"
@@ -110,10 +115,11 @@ def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, stat
         finite = jnp.isfinite(loss) & _all_finite(grads)
         keep_going = ok & finite
         new_state = FitState(params, opt_state, step + 1, state.key)
-        # After the first non-finite step the state stays as it entered that step.
-        new_state = jax.tree.map(
-            lambda new, old: jnp.where(keep_going, new, old), new_state, state
-        )
+        if guard:
+            # After the first non-finite step the state stays as it entered that step.
+            new_state = jax.tree.map(
+                lambda new, old: jnp.where(keep_going, new, old), new_state, state
+            )
         return (new_state, keep_going, permutation), (loss, metrics, finite)
 
     if epoch_batching:
@@ -125,8 +131,9 @@ def _scan_chunk(loss_fn, optimizer, spec: BatchSpec, sharding, length: int, stat
 
 
 def _chunk_program(loss_fn: LossFn, optimizer: optax.GradientTransformation) -> Callable[..., Any]:
-    """``_scan_chunk`` for one loss and optimizer, jitted; static: spec, sharding, length."""
-    return jax.jit(functools.partial(_scan_chunk, loss_fn, optimizer), static_argnums=(0, 1, 2))
+    """``_scan_chunk`` for one loss and optimizer, jitted; static: spec, sharding, length, guard."""
+    return jax.jit(functools.partial(_scan_chunk, loss_fn, optimizer), static_argnums=(0, 1, 2),
+                   static_argnames=("guard",))
 
 
 # Module-level, so fitting the same loss with the same optimizer again reuses the program.
@@ -477,8 +484,13 @@ def _run_chunks(
     program = _compiled_chunk(loss_fn, optimizer)
 
     def run_chunk(length, state, ok):
-        (state, ok), outputs = program(spec, batch_sharding, length, state, ok, data)
-        return state, ok, outputs
+        # Fast path: no per-step state freeze. Every step draws from (key, step) only, so if a
+        # step was not finite the guarded run from the same state repeats the steps before it
+        # exactly and stops there with the last good state.
+        (new_state, new_ok), outputs = program(spec, batch_sharding, length, state, ok, data, guard=False)
+        if not bool(new_ok):
+            (new_state, new_ok), outputs = program(spec, batch_sharding, length, state, ok, data, guard=True)
+        return new_state, new_ok, outputs
 
     def save(state, history, done):
         ckpt.save_checkpoint(checkpoint_dir, state, history, max_to_keep=max_to_keep, run_config=run_config)

@@ -68,11 +68,11 @@ def test_interrupt_saves_and_resume_continues_bitwise(tmp_path, data, uninterrup
     def interrupted_program(*parts):
         program = real_compiled(*parts)
 
-        def run_chunk(*args):
+        def run_chunk(*args, **kwargs):
             calls["n"] += 1
             if calls["n"] == 3:  # Ctrl-C during the third chunk (steps 40..59)
                 raise KeyboardInterrupt
-            return program(*args)
+            return program(*args, **kwargs)
 
         return run_chunk
 
