@@ -32,9 +32,23 @@ reward ``R(x)`` (or ``R(x)^beta``). The map of the subpackage:
   dynamic programming, the target ``R^beta / Z`` and exact ``log Z``, empirical
   distributions, L1 / Jensen-Shannon distances, modes found, and importance-sampling
   estimates of ``log Z`` and of ``log P_T(x)``.
+- :mod:`~probgen.gfn.em`: GFlowNet-EM (:func:`gflownet_em`, a ``pg.Kernel`` alternating
+  E-steps that train a GFlowNet conditioned on the data point on the learned reward
+  ``p_theta(x, z)`` with M-steps on ``theta``), :func:`log_marginal_estimate` (importance
+  sampling of ``log p_theta(x)``) and :func:`log_joint_from_model` (a ``@pg.gen`` model as the
+  log joint); :mod:`~probgen.gfn.clustering` is its built-in example
+  (:func:`cluster_assignment`, :func:`gaussian_clustering_log_joint`).
 """
 
 from probgen.gfn.bitseq import bit_sequence, bitseq_modes
+from probgen.gfn.clustering import cluster_assignment, gaussian_clustering_log_joint
+from probgen.gfn.em import (
+    GFlowNetEMInfo,
+    GFlowNetEMState,
+    gflownet_em,
+    log_joint_from_model,
+    log_marginal_estimate,
+)
 from probgen.gfn.envs import Environment, check_environment, environment, hypergrid
 from probgen.gfn.evaluation import (
     empirical_distribution,
@@ -80,9 +94,12 @@ from probgen.gfn.trajectories import (
 )
 
 __all__ = [
-    "Environment", "GFlowNet", "GFlowNetTrainInfo", "GFlowNetTrainState", "MaskedCategorical", "ReplayBuffer",
+    "Environment", "GFlowNet", "GFlowNetEMInfo", "GFlowNetEMState", "GFlowNetTrainInfo", "GFlowNetTrainState",
+    "MaskedCategorical", "ReplayBuffer",
     "Trajectories", "backward_action_log_probs", "backward_policy", "bit_sequence", "bitseq_modes",
-    "check_environment", "detailed_balance", "edge_flow_matching", "empirical_distribution", "environment",
+    "check_environment", "cluster_assignment", "gaussian_clustering_log_joint", "gflownet_em",
+    "log_joint_from_model", "log_marginal_estimate", "detailed_balance", "edge_flow_matching",
+    "empirical_distribution", "environment",
     "exact_log_partition", "exact_terminal_distribution", "exploration_log_probs", "forward_action_log_probs",
     "forward_looking_balance", "forward_policy", "gflownet_trainer", "hypergrid", "init_gflownet",
     "ising_energy", "jensen_shannon_divergence", "l1_distance", "log_partition_estimate",
