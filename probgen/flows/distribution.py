@@ -32,7 +32,7 @@ _LOG_2PI = float(np.log(2 * np.pi))
 
 @jax.tree_util.register_pytree_node_class
 class Flow(Distribution):
-    """A normalizing flow: ``x = T_K(... T_1(z))``, ``z ~ N(0, I_dim)``.
+    """A normalizing flow: ``x = T_K(...(T_1(z)))``, ``z ~ N(0, I_dim)``.
 
     Args:
       params: a sequence with one parameter pytree per layer.

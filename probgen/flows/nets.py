@@ -17,7 +17,7 @@ from probgen.core.errors import SettingError
 
 
 def init_mlp(key: jax.Array, sizes: Sequence[int], final_scale: float = 0.0) -> list[dict]:
-    """Initialize an MLP ``sizes[0] -> ... -> sizes[-1]``.
+    """Initialize an MLP with layer widths ``sizes`` (input first, output last).
 
     Args:
       key: PRNG key.

@@ -211,8 +211,8 @@ def _common(fn):
     return fn
 
 
-_COMMON_ARGS = """    Common settings (every objective):
-      num_trajectories: trajectories drawn per on-policy call (``batch=None``).
+# The settings every objective shares, as further entries of the Args section.
+_COMMON_ARGS = """      num_trajectories: trajectories drawn per on-policy call (``batch=None``).
       reward_exponent: ``beta``, the target is ``R^beta`` (tempering).
       log_reward: ``(params, state, condition) -> scalar`` replacing the environment's
         ``log R`` (a conditional or learned reward); default: the batch's stored value.

@@ -176,8 +176,10 @@ def predictive(model: GenerativeFunction, posterior: Any, *model_args: Any, key:
       ArgumentError: a ``posterior`` of another kind, or weighted traces without observations.
       SettingError: a bad ``num_samples``.
 
-    Example (posterior draws of ``mu``, e.g. from NUTS, given as a dict; the log predictive
-    density of held-out data is ``log_mean_exp`` over draws of the summed log-likelihood):
+    Example:
+        Posterior draws of ``mu``, e.g. from NUTS, given as a dict; the log predictive
+        density of held-out data is ``log_mean_exp`` over draws of the summed log-likelihood.
+
         >>> import jax, jax.numpy as jnp, probgen as pg
         >>> @pg.gen
         ... def model(template):

@@ -657,9 +657,10 @@ def resume(
     close over, e.g. the learning rate; compared when saved under the same Python and
     optax versions). A run that differs is refused before any training.
 
+    ``loss_fn``, ``optimizer``, ``data``, ``batch_size``, ``batching``, ``chunk_size``,
+    ``progress``, ``mesh`` and ``data_axis`` are as in :func:`fit`.
+
     Args:
-      loss_fn, optimizer, data, batch_size, batching, chunk_size, progress, mesh,
-        data_axis: as in :func:`fit`.
       params: parameters with the saved structure, shapes and dtypes (values unused),
         e.g. the initial parameters of the original run.
       checkpoint_dir: the folder the original run checkpointed into; new checkpoints go

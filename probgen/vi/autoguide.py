@@ -641,7 +641,7 @@ def laplace(model: GenerativeFunction, observations: Any, *model_args: Any, at: 
     for a constrained one (a scale), where a few Newton steps move it to the unconstrained mode.
 
     Args:
-      model, observations, *model_args: as for :func:`autoguide`.
+      model, observations, model_args: as for :func:`autoguide` (``*model_args``).
       at: the point: the params of an autoguide of the same model and observations (its
         ``"loc"`` is used, e.g. a fitted ``"delta"`` guide's), or ``{name: value}`` of every
         latent in the model's coordinates.

@@ -267,8 +267,10 @@ def elbo(model: GenerativeFunction, guide: GenerativeFunction, *, beta: float = 
     Returns:
       An :class:`Objective`: ``objective(params, key, batch) = -ELBO``.
 
-    Example (fit a Gaussian guide with ``pg.fit``; four observations ``x_i ~ N(z, 1)`` with
-    ``z ~ N(0, 1)`` give the exact posterior ``N(0.8, 0.2)``):
+    Example:
+        Fit a Gaussian guide with ``pg.fit``; four observations ``x_i ~ N(z, 1)`` with
+        ``z ~ N(0, 1)`` give the exact posterior ``N(0.8, 0.2)``.
+
         >>> import jax, jax.numpy as jnp, optax, probgen as pg
         >>> @pg.gen
         ... def model():
