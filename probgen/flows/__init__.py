@@ -7,7 +7,8 @@ continuous-normalizing-flow likelihood ``pg.dynamics.cnf_log_prob`` / ``cnf_inte
 the single home of numerical integration. The path integral sampler, a learned sampler for
 unnormalized densities, is ``pis_*`` (``pis_sampler`` the kernel, ``pis_sample`` its one-shot
 driver, ``pis_reverse_kl`` / ``pis_log_variance`` its losses in the ``loss(params, key, batch)``
-convention).
+convention). The rational-quadratic spline of :func:`SplineFlow` is also usable bare,
+elementwise: ``rq_spline_forward`` / ``rq_spline_inverse``.
 """
 
 from probgen.flows import bijectors
@@ -24,6 +25,7 @@ from probgen.flows.distribution import (
     init_spline_flow,
 )
 from probgen.flows.nets import init_made, init_mlp, made, mlp
+from probgen.flows.spline import rq_spline_forward, rq_spline_inverse
 from probgen.flows.path_integral import (
     PISState,
     init_pis,
@@ -81,6 +83,8 @@ __all__ = [
     "pis_sampler",
     "pis_terminal_log_weight",
     "reflow_pairs",
+    "rq_spline_forward",
+    "rq_spline_inverse",
     "score_loss",
     "sinkhorn_plan",
     "trig_interpolant",

@@ -8,7 +8,7 @@ flow's parameters are ordinary generative-function arguments and ``jax.grad`` se
 
 Layers: :class:`ElementwiseAffine`, :class:`TriangularAffine`, :class:`AffineCoupling`
 (RealNVP, Dinh et al. 2017), :class:`SplineCoupling` (rational-quadratic splines, Durkan
-et al. 2019, via ``distrax.RationalQuadraticSpline``) and :class:`Autoregressive`
+et al. 2019, :mod:`probgen.flows.spline`) and :class:`Autoregressive`
 (MAF, Papamakarios et al. 2017 / IAF, Kingma et al. 2016, with a MADE conditioner).
 """
 
@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 
-import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from probgen.flows.nets import made, mlp
+from probgen.flows.spline import rq_spline_forward, rq_spline_inverse
 
 
 def halves(dim: int, parity: int) -> tuple[np.ndarray, np.ndarray]:
@@ -96,29 +96,29 @@ class AffineCoupling:
 
 @dataclasses.dataclass(frozen=True)
 class SplineCoupling:
-    """Coupling with monotone rational-quadratic splines on ``[-bound, bound]`` (identity outside).
+    """Coupling with monotone rational-quadratic splines on ``[-bound, bound]``.
 
     Params ``{"net": mlp}`` mapping the ``k`` kept coordinates to ``m (3K + 1)`` spline
-    parameters of the ``m`` transformed ones, for ``K`` bins.
+    parameters of the ``m`` transformed ones, for ``K`` bins, read as by
+    :func:`~probgen.flows.rq_spline_forward`. Outside the interval each spline is linear with
+    its end knot's slope (the identity when the network outputs zeros, as at initialization).
     """
 
     parity: int
     bound: float = 5.0
 
-    def _spline(self, params, x):
+    def _spline_params(self, params, x):
         kept, moved = halves(x.shape[-1], self.parity)
-        out = mlp(params["net"], x[kept])
-        spline = distrax.RationalQuadraticSpline(out.reshape(len(moved), -1), -self.bound, self.bound)
-        return moved, spline
+        return moved, mlp(params["net"], x[kept]).reshape(len(moved), -1)
 
     def forward(self, params, x):
-        moved, spline = self._spline(params, x)
-        y, log_det = spline.forward_and_log_det(x[moved])
+        moved, spline = self._spline_params(params, x)
+        y, log_det = rq_spline_forward(spline, x[moved], self.bound)
         return x.at[moved].set(y), jnp.sum(log_det)
 
     def inverse(self, params, y):
-        moved, spline = self._spline(params, y)
-        x, log_det = spline.inverse_and_log_det(y[moved])
+        moved, spline = self._spline_params(params, y)  # kept coordinates equal x's
+        x, log_det = rq_spline_inverse(spline, y[moved], self.bound)
         return y.at[moved].set(x), jnp.sum(log_det)
 
 

@@ -216,7 +216,7 @@ def SplineFlow(params: list[dict], bound: float = 5.0) -> Flow:
 
     Args:
       params: from :func:`init_spline_flow`.
-      bound: splines act on ``[-bound, bound]``; the map is the identity outside.
+      bound: splines act on ``[-bound, bound]``; outside, each map is linear with its spline's learned end slope (the identity at init).
 
     Example:
         >>> import jax, probgen as pg
