@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/run_all.py --quick     # under 5 minutes
     .venv/bin/python benchmarks/run_all.py             # full sizes; prints its own duration
 
-Each script (core_overhead, vi, mc, diffusion, flows, train) exposes ``main(quick) -> rows``
+Each script (core_overhead, vi, mc, diffusion, flows, gfn, train) exposes ``main(quick) -> rows``
 and can also be run alone. Ratios are probgen time / baseline time (< 1 is faster).
 """
 
@@ -19,7 +19,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(__file__))
 from common import print_table  # noqa: E402
 
-SUITES = ["core_overhead", "vi", "mc", "mc_tempered", "mcmc", "genjax_vi", "diffusion", "flows", "train"]
+SUITES = ["core_overhead", "vi", "mc", "mc_tempered", "mcmc", "genjax_vi", "diffusion", "flows", "gfn", "train"]
 
 
 def main() -> int:

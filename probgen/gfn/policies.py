@@ -249,12 +249,15 @@ def forward_action_log_probs(gfn: GFlowNet, params: Any, state: Any, condition: 
         >>> [round(float(p), 4) for p in jnp.exp(pg.gfn.forward_action_log_probs(gfn, params, env.initial_state))]
         [0.3333, 0.3333, 0.3333]
     """
+    return masked_log_softmax(_forward_logits(gfn, params, state, condition, temperature), gfn.env.forward_mask(state))
+
+
+def _forward_logits(gfn: GFlowNet, params: Any, state: Any, condition: Any, temperature: Any) -> jax.Array:
+    """The forward logits at ``state`` (divided by ``temperature`` unless it is None), not normalized."""
     env = gfn.env
     logits = gfn.forward_logits(param_entry(params, "forward", "forward policy"), policy_inputs(env, state, condition))
     logits = _checked(logits, env.num_actions, "GFlowNet.forward_logits")
-    if temperature is not None:
-        logits = logits / temperature
-    return masked_log_softmax(logits, env.forward_mask(state))
+    return logits if temperature is None else logits / temperature
 
 
 def backward_action_log_probs(gfn: GFlowNet, params: Any, state: Any, condition: Any = None) -> jax.Array:
@@ -332,9 +335,15 @@ def forward_policy(gfn: GFlowNet) -> GenerativeFunction:
         mask = env.forward_mask(state)
         check(terminal | jnp.any(mask), f"forward_policy({env.name}): the state at step {{t}} is not terminal "
               "but has no valid forward action (check forward_mask / is_terminal)", t=t)
-        log_probs = forward_action_log_probs(gfn, params, state, condition, temperature)
-        log_probs = exploration_log_probs(log_probs, mask, epsilon)
-        choice = MaskedCategorical(jnp.append(log_probs, jnp.zeros((), log_probs.dtype)),
+        if epsilon is None:
+            # No exploration: draw from the logits as they are. MaskedCategorical normalizes
+            # over the valid actions, so the law and the score (log P_F) are the same, without
+            # a log-softmax and a mixture on the sampling path.
+            logits = _forward_logits(gfn, params, state, condition, temperature)
+        else:
+            logits = exploration_log_probs(forward_action_log_probs(gfn, params, state, condition, temperature),
+                                           mask, epsilon)
+        choice = MaskedCategorical(jnp.append(logits, jnp.zeros((), logits.dtype)),
                                    jnp.append(mask & ~terminal, terminal))
         action = sample("action", choice)
         next_state = tree_where(terminal, state, env.step(state, jnp.minimum(action, noop - 1)))
@@ -345,7 +354,10 @@ def forward_policy(gfn: GFlowNet) -> GenerativeFunction:
     @gen
     def trajectory(params, condition=None, epsilon=0.0, temperature=1.0):
         dtype = default_float()
-        carry = (env.initial_state, params, condition, jnp.asarray(epsilon, dtype), jnp.asarray(temperature, dtype))
+        # Python 0 / 1 (or None) mean no exploration: statically, so the plain policy pays nothing for it.
+        epsilon = None if no_exploration(epsilon, 0) else jnp.asarray(epsilon, dtype)
+        temperature = None if no_exploration(temperature, 1) else jnp.asarray(temperature, dtype)
+        carry = (env.initial_state, params, condition, epsilon, temperature)
         (final, *_), states = sample("steps", steps, carry, jnp.arange(env.max_steps))
         check(env.is_terminal(final), f"forward_policy({env.name}): a trajectory did not reach a terminal state "
               f"within max_steps={env.max_steps}")
@@ -408,6 +420,11 @@ def backward_policy(gfn: GFlowNet) -> GenerativeFunction:
 
     trajectory.__name__ = f"backward_policy({env.name})"
     return trajectory
+
+
+def no_exploration(value: Any, neutral: float) -> bool:
+    """Whether an exploration setting is None or the static Python number ``neutral`` (no effect)."""
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == neutral)
 
 
 def check_condition_size(condition: Any, num: int, where: str) -> None:

@@ -28,6 +28,7 @@ from probgen.gfn.policies import (
     check_exploration,
     forward_action_log_probs,
     forward_policy,
+    no_exploration,
     param_entry,
 )
 
@@ -135,6 +136,9 @@ def sample_trajectories(
     num = static_int(num_trajectories, "num_trajectories", "sample_trajectories")
     check_condition_size(condition, num, "sample_trajectories")
     check_exploration(epsilon, temperature, "sample_trajectories")
+    # A Python 0 / 1 stays a static "no exploration" (compiled_call would trace a float).
+    epsilon = None if no_exploration(epsilon, 0) else epsilon
+    temperature = None if no_exploration(temperature, 1) else temperature
     policy_params = _policy_params(gfn, params, "forward", where="sample_trajectories")
     return compiled_call(_forward_sampler, (ById(gfn), num), policy_params, key, condition, epsilon, temperature)
 

@@ -154,3 +154,17 @@ def test_flax_nnx_module_as_the_forward_policy():
     value, grads = jax.value_and_grad(loss)(params, jax.random.key(0))
     assert np.isfinite(float(value)) and type(grads["forward"]) is type(net)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_no_exploration_shortcut_draws_what_the_traced_settings_draw():
+    # A static epsilon=0 / temperature=1 samples from the raw logits (no masked log-softmax,
+    # no mixture); traced zeros go through the general path. Same key: same trajectories,
+    # same per-step log probabilities.
+    key = jax.random.key(3)
+    fast = pg.gfn.sample_trajectories(GFN, PARAMS, key, 64)
+    general = jax.jit(lambda e, t: pg.gfn.sample_trajectories(GFN, PARAMS, key, 64, epsilon=e, temperature=t))(
+        jnp.asarray(0.0), jnp.asarray(1.0))
+    np.testing.assert_array_equal(np.asarray(fast.actions), np.asarray(general.actions))
+    np.testing.assert_array_equal(np.asarray(fast.length), np.asarray(general.length))
+    np.testing.assert_allclose(np.asarray(pg.gfn.trajectory_log_probs(GFN, PARAMS, fast)[0]),
+                               np.asarray(pg.gfn.trajectory_log_probs(GFN, PARAMS, general)[0]), rtol=1e-6)
