@@ -131,6 +131,12 @@ def _derivative(s, d_left, d_right, xi, denominator):
     return numerator * (s / denominator) ** 2
 
 
+def _tail(z, bound, d_left, d_right):
+    """Outside ``[-bound, bound]``: which points, the end they pass, and that end's slope."""
+    below = z <= -bound
+    return below | (z >= bound), jnp.where(below, -bound, bound), jnp.where(below, d_left, d_right)
+
+
 def rq_spline_forward(
     params: jax.Array,
     x: jax.Array,
@@ -181,10 +187,7 @@ def rq_spline_forward(
     y = y_left + height * (s * xi * xi + d_left * xi_1m) / denominator
     derivative = _derivative(s, d_left, d_right, xi, denominator)
     # Outside, the end bins' outer slopes continue the spline linearly.
-    below, above = x <= -bound, x >= bound
-    tail_slope = jnp.where(below, d_left, d_right)
-    tail = jnp.where(below, -bound, bound)
-    outside = below | above
+    outside, tail, tail_slope = _tail(x, bound, d_left, d_right)
     y = jnp.where(outside, tail + tail_slope * (x - tail), y)
     log_det = jnp.log(jnp.where(outside, tail_slope, derivative))  # one log for both branches
     return y, log_det
@@ -242,10 +245,7 @@ def rq_spline_inverse(
     xi = jnp.clip(xi, 0.0, 1.0)
     x = x_left + width * xi
     derivative = _derivative(s, d_left, d_right, xi, s + delta * xi * (1.0 - xi))
-    below, above = y <= -bound, y >= bound
-    tail_slope = jnp.where(below, d_left, d_right)
-    tail = jnp.where(below, -bound, bound)
-    outside = below | above
+    outside, tail, tail_slope = _tail(y, bound, d_left, d_right)
     x = jnp.where(outside, tail + (y - tail) / tail_slope, x)
     log_det = -jnp.log(jnp.where(outside, tail_slope, derivative))
     return x, log_det
