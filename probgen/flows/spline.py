@@ -131,6 +131,17 @@ def _derivative(s, d_left, d_right, xi, denominator):
     return numerator * (s / denominator) ** 2
 
 
+def _located(params, z, bound, min_bin_size, min_slope, where, name, inverse):
+    """Checked, broadcast points and their bins: ``(z, x_left, y_left, width, height, slope,
+    d_left, d_right)``, where ``slope = height / width``."""
+    params = jnp.asarray(params)
+    _check(params, z, bound, min_bin_size, min_slope, where, name)
+    params, z = _broadcast(params, z)
+    x_left, x_right, y_left, y_right, d_left, d_right = _bin(params, z, bound, min_bin_size, min_slope, inverse)
+    width, height = x_right - x_left, y_right - y_left
+    return z, x_left, y_left, width, height, height / width, d_left, d_right
+
+
 def _tail(z, bound, d_left, d_right):
     """Outside ``[-bound, bound]``: which points, the end they pass, and that end's slope."""
     below = z <= -bound
@@ -174,12 +185,8 @@ def rq_spline_forward(
         >>> float(pg.flows.rq_spline_forward(jnp.zeros(25), 1.5)[0])  # zero params: identity
         1.5
     """
-    params = jnp.asarray(params)
-    _check(params, x, bound, min_bin_size, min_slope, "rq_spline_forward", "x")
-    params, x = _broadcast(params, x)
-    x_left, x_right, y_left, y_right, d_left, d_right = _bin(params, x, bound, min_bin_size, min_slope, False)
-    width, height = x_right - x_left, y_right - y_left
-    s = height / width
+    x, x_left, y_left, width, height, s, d_left, d_right = _located(
+        params, x, bound, min_bin_size, min_slope, "rq_spline_forward", "x", False)
     # Clipping keeps the unused branch finite (and its gradient) for points outside.
     xi = jnp.clip((x - x_left) / width, 0.0, 1.0)
     xi_1m = xi * (1.0 - xi)
@@ -224,12 +231,8 @@ def rq_spline_inverse(
         >>> round(float(x), 4), bool(jnp.isclose(inv_log_det, -log_det))
         (0.3, True)
     """
-    params = jnp.asarray(params)
-    _check(params, y, bound, min_bin_size, min_slope, "rq_spline_inverse", "y")
-    params, y = _broadcast(params, y)
-    x_left, x_right, y_left, y_right, d_left, d_right = _bin(params, y, bound, min_bin_size, min_slope, True)
-    width, height = x_right - x_left, y_right - y_left
-    s = height / width
+    y, x_left, y_left, width, height, s, d_left, d_right = _located(
+        params, y, bound, min_bin_size, min_slope, "rq_spline_inverse", "y", True)
     eta = jnp.clip((y - y_left) / height, 0.0, 1.0)
     # eta (s + delta xi(1-xi)) = s xi^2 + d_left xi(1-xi)  <=>  a xi^2 + b xi + c = 0.
     delta = d_right + d_left - 2.0 * s
