@@ -25,6 +25,7 @@ from probgen.core import (
     ValidationError,
     gen,
     mix,
+    particle_keys,
     repeat,
     sample,
     scan,
@@ -49,7 +50,7 @@ __all__ = sorted(
     [
         "ALL", "AddressError", "ArgumentError", "ChoiceMap", "ConstraintError", "GenFn", "GenerativeFunction",
         "Kernel", "MissingChoiceError", "ProbgenError", "Selection", "SettingError", "StrategyError", "Trace",
-        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "gfn", "mc", "mix", "predictive", "repeat",
+        "ValidationError", "diffusion", "dynamics", "fit", "flows", "gen", "gfn", "mc", "mix", "particle_keys", "predictive", "repeat",
         "resume", "run", "sample", "scan", "select", "sweep", "switch", "train", "validate", "vi", "vmap",
     ]
     + list(_distribution_names)

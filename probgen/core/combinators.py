@@ -22,10 +22,16 @@ from probgen.core.gen import _is_placeholder, gen, placeholder_like, sample
 from probgen.core.gfi import GenerativeFunction, Mode, check_args
 from probgen.core.trace import Trace
 from probgen.distributions import Categorical
+from probgen.core.keys import particle_keys
 
 
 def _split(key, n: int):
     return None if key is None else jax.random.split(key, n)
+
+
+def _member_keys(key, n: int):
+    """One key per member of a vmapped combinator (a particle key each: see ``pg.particle_keys``)."""
+    return None if key is None else particle_keys(key, n)
 
 
 def _check_leading_axis(name: str, constraints: ChoiceMap, size: int) -> None:
@@ -104,7 +110,7 @@ class VMap(GenerativeFunction):
         with handlers.handle(handlers.CombinatorScope("vmap")):
             choices, retval, scores, extras, site_scores, weights = jax.vmap(
                 one, in_axes=(None if key is None else 0, 0, in_axes), axis_size=size
-            )(_split(key, size), constraints, args)
+            )(_member_keys(key, size), constraints, args)
         trace = Trace(self, args, retval, choices, jnp.sum(scores), _sum_extras(extras), site_scores)
         return trace, jnp.sum(weights)
 

@@ -46,6 +46,7 @@ from probgen.core.validation import ValidationError, check
 from probgen.dynamics import IntegratorInfo, IntegratorState, grid_times
 from probgen.kernels import Kernel, grid_time
 from probgen.mc.checks import concrete_value
+from probgen.core.keys import particle_keys
 
 
 class DiscreteSchedule(NamedTuple):
@@ -349,7 +350,7 @@ def elbo_estimate(key: jax.Array, tokens: jax.Array, denoiser: Callable, vocab_s
 def averaged_elbo(key: jax.Array, tokens: jax.Array, num_samples, one_draw: Callable, where: str) -> jax.Array:
     """The mean of ``num_samples`` independent draws of ``one_draw(key, tokens) -> (N,)``."""
     num_samples = static_int(num_samples, "num_samples", where)
-    draws = jax.vmap(lambda k: one_draw(k, tokens))(jax.random.split(key, num_samples))
+    draws = jax.vmap(lambda k: one_draw(k, tokens))(particle_keys(key, num_samples))
     return jnp.mean(draws, axis=0)
 
 

@@ -33,6 +33,7 @@ from probgen.core.errors import ArgumentError, SettingError
 from probgen.core.validation import check
 from probgen.kernels import Kernel, run
 from probgen.mc.checks import concrete_value
+from probgen.core.keys import particle_keys
 
 ValueFn = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -153,7 +154,7 @@ def svdd(kernel: Kernel, value_fn: ValueFn, num_candidates: int, alpha: float = 
         num = jnp.shape(state.x)[0]
         k_select, k_candidates = jax.random.split(key)
         candidates, infos = jax.vmap(kernel.step, in_axes=(0, None))(
-            jax.random.split(k_candidates, num_candidates), state)
+            particle_keys(k_candidates, num_candidates), state)
         values = jax.vmap(lambda x, t: _particle_values(value_fn, (x, t), num, "svdd", "value_fn(x, t)"))(
             candidates.x, candidates.t)  # (M, N)
         if alpha_value == 0.0:

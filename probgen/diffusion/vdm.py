@@ -52,6 +52,7 @@ from probgen.core.checks import static_int
 from probgen.core.errors import ArgumentError, SettingError
 from probgen.diffusion.losses import _data_batch, _sum_event, score_from_model
 from probgen.diffusion.sde import SDE, ScoreFn, _bcast
+from probgen.core.keys import particle_keys
 
 EpsFn = Callable[[object, jax.Array, jax.Array], jax.Array]
 
@@ -357,7 +358,7 @@ def vdm_elbo(key: jax.Array, eps_fn: EpsFn, params: dict, x: jax.Array, num_samp
         eps = jax.random.normal(k_eps, x.shape, x.dtype)
         return _diffusion_term(eps_fn, denoiser, schedule, x, u, eps, num_steps, "vdm_elbo")
 
-    keys = jax.random.split(key, num_samples)
+    keys = particle_keys(key, num_samples)
     draws = jax.vmap(draw)(keys) if batch_size is None else jax.lax.map(draw, keys, batch_size=batch_size)
     prior, recon = _endpoint_terms(schedule, x)
     diffusion = jnp.mean(draws, axis=0)

@@ -29,6 +29,7 @@ from probgen.core.numerics import as_float, log_mean_exp
 from probgen.dynamics import IntegratorInfo, euler_maruyama_step, grid_times
 from probgen.flows.nets import init_mlp, mlp
 from probgen.kernels import Kernel, run
+from probgen.core.keys import particle_keys
 
 _NUM_FREQ = 4
 
@@ -163,7 +164,7 @@ def pis_sample(key: jax.Array, params: dict, log_target: Callable, dim: int, num
         x = jax.lax.stop_gradient(final.x) if detach else final.x
         return x, final.log_weight + pis_terminal_log_weight(x, log_target, sigma)
 
-    return jax.vmap(one)(jax.random.split(key, num_particles))
+    return jax.vmap(one)(particle_keys(key, num_particles))
 
 
 def _pis_loss(name: str, reduce: Callable, detach: bool, log_target, dim, num_particles, num_steps, sigma):

@@ -31,6 +31,7 @@ from probgen.gfn.policies import (
     no_exploration,
     param_entry,
 )
+from probgen.core.keys import particle_keys
 
 
 class Trajectories(NamedTuple):
@@ -149,7 +150,7 @@ def _forward_sampler(holder: ById, num: int):
     policy = forward_policy(gfn)
 
     def run(params, key, condition, epsilon, temperature):
-        keys = jax.random.split(key, num)
+        keys = particle_keys(key, num)
         traces = jax.vmap(lambda k, c: policy.simulate(k, params, c, epsilon, temperature))(keys, condition)
         initial = jax.tree.map(lambda x: jnp.broadcast_to(x, (num, 1) + jnp.shape(x)), env.initial_state)
         states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1), initial, traces.retval)
@@ -215,7 +216,7 @@ def _backward_sampler(holder: ById):
 
     def run(params, key, terminal_states, condition):
         num = jax.tree.leaves(terminal_states)[0].shape[0]
-        keys = jax.random.split(key, num)
+        keys = particle_keys(key, num)
         traces = jax.vmap(lambda k, x, c: policy.simulate(k, params, x, c))(keys, terminal_states, condition)
         walked = jax.tree.map(lambda a, b: jnp.concatenate([a[:, None], b], axis=1), terminal_states, traces.retval)
         back = traces["steps", "action"]

@@ -14,6 +14,7 @@ from probgen.core.gfi import GenerativeFunction
 from probgen.core.trace import Trace
 from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers
 from probgen.mc.resampling import check_scheme, ess, log_mean_exp, resample
+from probgen.core.keys import particle_keys
 
 
 class ImportanceResult(NamedTuple):
@@ -120,7 +121,7 @@ def _importance_program(model: GenerativeFunction, num_particles: int, proposal:
     def run(key, observations, model_args, proposal_args):
         if proposal is not None:
             check_proposal(model, observations, model_args, proposal, proposal_args, "importance_sampling")
-        keys = jax.random.split(key, num_particles)
+        keys = particle_keys(key, num_particles)
         traces, log_weights = jax.vmap(
             lambda k: importance_weight(k, model, observations, model_args, proposal, proposal_args)
         )(keys)

@@ -37,6 +37,7 @@ from probgen.mc.resampling import resample
 from probgen.mc.smc import SMCResult
 from probgen.mc.smoothing import SmoothedPaths, genealogy_smoother
 from probgen.mc.tempering import TemperedResult
+from probgen.core.keys import particle_keys
 
 _WHERE = "predictive"
 
@@ -258,7 +259,7 @@ def _predictive_program(model: GenerativeFunction, sample_shape: tuple[int, ...]
             log_weights = jax.nn.log_softmax(log_weights)
         count = math.prod(shape)
         flat = jax.tree.map(lambda v: jnp.reshape(v, (count,) + jnp.shape(v)[len(shape):]), values)
-        choices, log_likelihood = jax.vmap(one)(jax.random.split(k_run, count), flat)
+        choices, log_likelihood = jax.vmap(one)(particle_keys(k_run, count), flat)
         unflatten = lambda tree: jax.tree.map(lambda v: jnp.reshape(v, shape + jnp.shape(v)[1:]), tree)  # noqa: E731
         return values, unflatten(choices), unflatten(log_likelihood), log_weights
 
@@ -334,7 +335,7 @@ def _guide_program(guide: GenerativeFunction, num_samples: int):
     """``num_samples`` draws of a hand-written guide's choices, vmapped."""
 
     def run(key, args):
-        return jax.vmap(lambda k: guide.simulate(k, *args).choices)(jax.random.split(key, num_samples))
+        return jax.vmap(lambda k: guide.simulate(k, *args).choices)(particle_keys(key, num_samples))
 
     return run
 

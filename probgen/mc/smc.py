@@ -33,6 +33,7 @@ from probgen.core.validation import check
 from probgen.kernels import Kernel, run
 from probgen.mc.checks import check_gf, check_num_particles, check_proposal_covers, concrete_value
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, log_mean_exp, maybe_resample
+from probgen.core.keys import particle_keys
 
 
 class ParticleState(NamedTuple):
@@ -247,7 +248,7 @@ def _rejuvenate(rejuvenation: Kernel, num_moves: int, key: jax.Array, traces, dt
         return trace, jnp.asarray(getattr(info, "acceptance_rate", jnp.nan), dtype)
 
     num_particles = jax.tree.leaves(traces)[0].shape[0]
-    traces, rates = jax.vmap(move_one)(jax.random.split(key, num_particles), traces)
+    traces, rates = jax.vmap(move_one)(particle_keys(key, num_particles), traces)
     return traces, jnp.mean(rates)
 
 
@@ -372,7 +373,7 @@ def _particle_filter(model, observations, xs, num_particles, proposal, proposal_
         )
         x_t = _at(xs, state.step)
         obs_t = _drop_missing(_at(observations, state.step), _at(obs_mask, state.step), state.step, where)
-        keys = jax.random.split(k_propose, num_particles)  # one key per particle: sharding-proof
+        keys = particle_keys(k_propose, num_particles)  # one key per particle: sharding-proof
         traces, log_increments = jax.vmap(lambda k, c: propose(k, c, x_t, obs_t))(keys, carry)
         acceptance_rate = jnp.zeros((), dtype)
         if rejuvenation is not None:

@@ -30,6 +30,7 @@ from probgen.core.errors import ArgumentError, ConstraintError
 from probgen.core.numerics import _logsumexp
 from probgen.core.validation import check
 from probgen.mc.smc import ParticleState, SMCInfo
+from probgen.core.keys import particle_keys
 
 
 class SmoothedPaths(NamedTuple):
@@ -240,6 +241,6 @@ def backward_simulation_smoother(key: jax.Array, model: Scan, states: ParticleSt
         _, indices = jax.lax.scan(body, index_last, step_inputs, reverse=True)
         return jnp.concatenate([indices, index_last[None]])
 
-    indices = jax.vmap(one_path)(jax.random.split(k_back, num_samples), last)   # (M, T)
+    indices = jax.vmap(one_path)(particle_keys(k_back, num_samples), last)   # (M, T)
     uniform = jnp.full((num_samples,), -jnp.log(jnp.asarray(num_samples, dtype)), dtype)
     return _paths(states, indices.T, uniform)

@@ -55,6 +55,7 @@ from probgen.core.compiled import compiled_call
 from probgen.mc.mcmc import hmc_proposal, mala_proposal, mh_accept, rw_proposal
 from probgen.mc.posterior import latent_sites
 from probgen.mc.resampling import check_ess_threshold, check_scheme, ess, log_mean_exp, maybe_resample
+from probgen.core.keys import particle_keys
 
 MOVES = ("rwmh", "mala", "hmc")
 # Acceptance rates the adaptive step size steers to: near-optimal for HMC (Beskos et al. 2013),
@@ -488,7 +489,7 @@ def _kernel(target: _Target, settings: _Settings, step_size) -> Kernel:
             inverse_mass_matrix = _cloud_variance(position, num_particles).astype(inverse_mass_matrix.dtype)
         step_size = next_step_size = state.step_size
         if num_mcmc_steps > 0:
-            keys = jax.random.split(k_move, num_particles)
+            keys = particle_keys(k_move, num_particles)
             position, latents, log_lik, rates = jax.vmap(
                 lambda k, z: move_one(k, z, beta, step_size, inverse_mass_matrix))(keys, position)
             acceptance_rate = _pairwise_sum(rates) / num_particles
@@ -565,7 +566,7 @@ def _tempered_program(model, settings: _Settings, max_steps: int, draw_prior: bo
         k_init, k_run = jax.random.split(key)
         if draw_prior:
             observed = as_choicemap(observations)
-            keys = jax.random.split(k_init, settings.num_particles)
+            keys = particle_keys(k_init, settings.num_particles)
             particles = jax.vmap(lambda k: model.generate(k, observed, *model_args)[0].choices)(keys)
         state = kernel.init(particles)
         nan = jnp.full((max_steps,), jnp.nan, state.beta.dtype)

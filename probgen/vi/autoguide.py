@@ -61,6 +61,7 @@ from probgen.core.trace import Trace
 from probgen.core.unconstrained import assess_unconstrained, latent_sites, unconstrained_shapes
 from probgen.core.validation import ValidationError
 from probgen.distributions import protocol
+from probgen.core.keys import particle_keys
 
 FAMILIES = ("normal", "mvn", "lowrank", "delta")
 INITS = ("uniform", "prior")
@@ -467,7 +468,7 @@ class AutoGuide(GenerativeFunction):
             u, _ = self._family.sample(params, k)
             return self._named(self._to_values(u, log_det=False)[0])
 
-        return jax.vmap(one)(jax.random.split(key, num_samples))
+        return jax.vmap(one)(particle_keys(key, num_samples))
 
     def median(self, params: Any) -> dict:
         """The constrained image ``T(loc)`` of the location: ``{name: value}``.

@@ -36,6 +36,7 @@ from probgen.core.gfi import GenerativeFunction
 from probgen.core.numerics import log_mean_exp
 from probgen.core.trace import Trace
 from probgen.vi.estimator import EstimatorError, term_scope, vmap_program
+from probgen.core.keys import particle_keys
 
 
 def _need_key(name: str, key) -> None:
@@ -147,7 +148,7 @@ class SIR(GenerativeFunction):
         with term_scope() as scope:
             k_pick, k_particles = jax.random.split(key)
             if constraints.is_empty():
-                choices, log_target, log_q = vmap_program(one)(jax.random.split(k_particles, self.num_particles))
+                choices, log_target, log_q = vmap_program(one)(particle_keys(k_particles, self.num_particles))
                 log_w = log_target - log_q
                 index = jax.random.categorical(k_pick, jax.lax.stop_gradient(log_w))
                 # The resampling index is a discrete choice: its score-function term keeps
@@ -162,7 +163,7 @@ class SIR(GenerativeFunction):
                 log_q0, _ = self.proposal.assess(chosen, *proposal_args)
                 log_w = (log_target0 - log_q0)[None]
                 if self.num_particles > 1:
-                    _, log_target, log_q = vmap_program(one)(jax.random.split(k_particles, self.num_particles - 1))
+                    _, log_target, log_q = vmap_program(one)(particle_keys(k_particles, self.num_particles - 1))
                     log_w = jnp.concatenate([log_w, log_target - log_q])
                 score = log_target0 - log_mean_exp(log_w, axis=0)
                 weight = score

@@ -57,6 +57,7 @@ from probgen.core.numerics import log_mean_exp
 from probgen.distributions.strategies import PATH
 from probgen.vi.estimator import EstimatorError, add_score_term, expectation, vmap_program
 from probgen.vi.marginal import marginal
+from probgen.core.keys import particle_keys
 
 _PARAM_ENTRIES = ("model", "guide")
 
@@ -235,7 +236,7 @@ def _log_weights(name, model, guide, num_particles, key, observations, model_arg
     def one(k):
         return log_weight(model, guide, k, observations, model_args, guide_args)[0]
 
-    return vmap_program(one, return_score=return_score)(jax.random.split(key, num_particles))
+    return vmap_program(one, return_score=return_score)(particle_keys(key, num_particles))
 
 
 def _power_mean(name: str, model, guide, num_particles: int, power: float, sign: float = -1.0) -> Objective:
@@ -311,7 +312,7 @@ def elbo(model: GenerativeFunction, guide: GenerativeFunction, *, beta: float = 
         return _objective(one)
 
     def program(key, observations, model_args, guide_args):
-        keys = jax.random.split(key, num_particles)
+        keys = particle_keys(key, num_particles)
         values, log_q = vmap_program(lambda k: one(k, observations, model_args, guide_args), return_score=True)(keys)
         # Each particle's score-function sites learn from its own ELBO term, not the mean.
         add_score_term(log_q, values / num_particles)
@@ -481,7 +482,7 @@ def _self_normalized(model, guide, num_particles, key, observations, model_args,
         return log_p, log_q
 
     # return_score=True: these estimators are not score-function gradients; drop those terms.
-    (log_p, log_q), _ = vmap_program(one, return_score=True)(jax.random.split(key, num_particles))
+    (log_p, log_q), _ = vmap_program(one, return_score=True)(particle_keys(key, num_particles))
     log_w = log_p - log_q
     return log_p, log_q, jax.nn.softmax(jax.lax.stop_gradient(log_w)), log_w
 

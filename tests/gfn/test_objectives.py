@@ -173,14 +173,15 @@ def test_trajectory_balance_learns_the_hypergrid_and_its_log_partition():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, steps, epsilon, bound", [
-    # measured L1 after the budget (seeds 0/1): DB 0.027, SubTB 0.029, FL-DB 0.021
+    # The L1 after the budget is heavy-tailed over seeds: for SubTB over 42 seeds, median 0.025-0.035
+    # and 5-10% of seeds above 0.08. The median of three seeds is what is bounded.
     ("detailed_balance", 1000, 0.05, 0.08),
     ("subtrajectory_balance", 1000, 0.05, 0.08),
     ("forward_looking_balance", 1500, 0.1, 0.08),
 ])
 def test_flow_objectives_learn_the_hypergrid(name, steps, epsilon, bound):
-    l1, _ = _train(OBJECTIVES[name][0], steps, 3e-3, epsilon, log_flow=True)
-    assert l1 < bound
+    l1 = [_train(OBJECTIVES[name][0], steps, 3e-3, epsilon, log_flow=True, seed=seed)[0] for seed in range(3)]
+    assert np.median(l1) < bound, l1
 
 
 @pytest.mark.slow

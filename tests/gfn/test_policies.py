@@ -50,10 +50,10 @@ def test_samples_respect_masks_and_terminal_states_absorb():
 
 
 def test_trace_scores_are_policy_log_probabilities():
-    # sample_trajectories(key, 1) is simulate with the first of split(key, 1): the same trajectory.
+    # sample_trajectories(key, 1) is simulate with the first of pg.particle_keys(key, 1): the same trajectory.
     policy = pg.gfn.forward_policy(GFN)
     key = jax.random.key(1)
-    trace = jax.jit(lambda k: policy.simulate(k, PARAMS))(jax.random.split(key, 1)[0])
+    trace = jax.jit(lambda k: policy.simulate(k, PARAMS))(pg.particle_keys(key, 1)[0])
     batch = pg.gfn.sample_trajectories(GFN, PARAMS, key, 1)
     np.testing.assert_array_equal(batch.actions[0], trace["steps", "action"])
     log_pf, log_pb = pg.gfn.trajectory_log_probs(GFN, PARAMS, batch)
@@ -78,7 +78,7 @@ def test_trace_scores_are_policy_log_probabilities():
     np.testing.assert_allclose(score, by_hand, rtol=1e-5)
     # Backward: the trace score is log P_B of the walk that sample_backward_trajectories reverses.
     x = batch.final_states
-    back = jax.jit(pg.gfn.backward_policy(GFN).simulate)(jax.random.split(key, 1)[0], PARAMS,
+    back = jax.jit(pg.gfn.backward_policy(GFN).simulate)(pg.particle_keys(key, 1)[0], PARAMS,
                                                          jax.tree.map(lambda a: a[0], x))
     reversed_batch = pg.gfn.sample_backward_trajectories(GFN, PARAMS, key, x)
     _, log_pb = pg.gfn.trajectory_log_probs(GFN, PARAMS, reversed_batch)

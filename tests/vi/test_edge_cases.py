@@ -238,7 +238,7 @@ def test_cubo_does_not_underflow_far_from_the_data():
     value, grad = jax.value_and_grad(objective.loss, argnums=3)(key, obs, (), (PARAMS,))
     def by_hand(params):
         log_w = jax.vmap(lambda k: pg.vi.log_weight(far_model, reparam_guide, k, obs, (), (params,))[0])(
-            jax.random.split(key, 4))
+            pg.particle_keys(key, 4))
         return (jax.nn.logsumexp(2.0 * log_w) - math.log(4)) / 2.0, log_w
 
     (expected, log_w), expected_grad = jax.value_and_grad(by_hand, has_aux=True)(PARAMS)
