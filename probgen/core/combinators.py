@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+from jax.extend.core import Var, jaxpr_as_fun
 
 from probgen.core import handlers, validation
 from probgen.core.checks import static_int
@@ -195,12 +196,71 @@ class Scan(GenerativeFunction):
             new_carry, y = out
             return new_carry, (trace.choices, y, trace.score, trace.extras, trace.site_scores, weight)
 
+        inputs = (_split(key, length), constraints, xs)
         with handlers.handle(handlers.CombinatorScope("scan")):
-            final, (choices, ys, scores, extras, site_scores, weights) = jax.lax.scan(
-                body, init, (_split(key, length), constraints, xs), length=length
-            )
+            init, step, carry_free, step_bytes = _traced_step(body, init, inputs)
+            if carry_free and not padded and step_bytes * length <= PARALLEL_SCAN_BYTES:
+                final, (choices, ys, scores, extras, site_scores, weights) = _parallel_scan(step, init, inputs)
+            else:
+                final, (choices, ys, scores, extras, site_scores, weights) = jax.lax.scan(
+                    step, init, inputs, length=length
+                )
         trace = Trace(self, args, (final, ys), choices, jnp.sum(scores), _sum_extras(extras), site_scores)
         return trace, jnp.sum(weights)
+
+
+# A scan whose steps do not depend on each other runs as one vmap over the steps when the
+# step's intermediate values, times the length, stay under this many bytes.
+PARALLEL_SCAN_BYTES = 64 * 2**20
+
+
+def _traced_step(body, init, inputs):
+    """The scan body traced once: ``(init, step, carry_free, step_bytes)``.
+
+    ``step`` evaluates the traced body (the interpreter runs once, however the step is then
+    batched or scanned). ``carry_free``: the new carry does not depend on the carry the step
+    gets, decided by following where the input carry flows in the step's jaxpr (through
+    nested calls conservatively). Then the steps can run side by side: ``assess`` of a
+    state-space model (the carry is a choice the trace holds) or ``generate`` with every
+    latent given. ``step_bytes``: the size of the step's intermediate values.
+    """
+    first = jax.tree.map(lambda leaf: leaf[0], inputs)
+    closed, shapes = jax.make_jaxpr(body, return_shape=True)(init, first)
+    # As lax.scan does: a weakly typed initial carry (a Python 0.0) takes the type of the new carry.
+    promoted = jax.tree.map(
+        lambda i, o: jnp.asarray(i, o.dtype) if _weak(i) and jnp.result_type(i) != o.dtype else i, init, shapes[0])
+    if any(p is not i for p, i in zip(jax.tree.leaves(promoted), jax.tree.leaves(init))):
+        init = promoted
+        closed, shapes = jax.make_jaxpr(body, return_shape=True)(init, first)
+    out_tree = jax.tree.structure(shapes)
+    evaluate = jaxpr_as_fun(closed)
+
+    def step(carry, x):
+        return jax.tree.unflatten(out_tree, evaluate(*jax.tree.leaves((carry, x))))
+
+    jaxpr = closed.jaxpr
+    tainted = set(jaxpr.invars[: len(jax.tree.leaves(init))])
+    step_bytes = 0
+    for eqn in jaxpr.eqns:
+        if any(isinstance(v, Var) and v in tainted for v in eqn.invars):
+            tainted.update(eqn.outvars)
+        step_bytes += sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars if hasattr(v.aval, "size"))
+    new_carry = jaxpr.outvars[: len(jax.tree.leaves(shapes[0]))]
+    carry_free = not any(isinstance(v, Var) and v in tainted for v in new_carry)
+    return init, step, carry_free, step_bytes
+
+
+def _weak(value) -> bool:
+    return isinstance(value, (bool, int, float, complex)) or bool(getattr(value, "weak_type", False))
+
+
+def _parallel_scan(step, init, inputs):
+    """``lax.scan(step, init, inputs)`` for a step whose new carry ignores its carry: the
+    carries first (each step from ``init``), then every step from the previous carry, as vmaps."""
+    carries = jax.vmap(lambda s: step(init, s)[0])(inputs)
+    previous = jax.tree.map(lambda c, i: jnp.concatenate([jnp.asarray(i, c.dtype)[None], c[:-1]]), carries, init)
+    _, outputs = jax.vmap(step)(previous, inputs)
+    return jax.tree.map(lambda c: c[-1], carries), outputs
 
 
 def scan(kernel: GenerativeFunction, length: int | None = None) -> Scan:
@@ -208,7 +268,12 @@ def scan(kernel: GenerativeFunction, length: int | None = None) -> Scan:
 
     The kernel takes ``(carry, x)`` and returns ``(carry, y)``; the scan takes
     ``(init_carry, xs)`` and returns ``(final_carry, ys)``. Choices get a leading time
-    axis. One ``lax.scan``: a 1,000-step model compiles like a 10-step one.
+    axis. One ``lax.scan``: a 1,000-step model compiles like a 10-step one. When the
+    kernel's new carry does not depend on the carry it gets (``assess`` of a state-space
+    model, or ``generate`` with every latent given: the carry is then a choice the trace
+    holds), the steps run side by side as one ``vmap`` instead, with the same results; a
+    step whose intermediate values times the length exceed ``PARALLEL_SCAN_BYTES`` (64 MiB)
+    stays sequential.
 
     Example:
         >>> import jax, jax.numpy as jnp, probgen as pg

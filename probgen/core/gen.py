@@ -19,6 +19,7 @@ from probgen.core import handlers, validation
 from probgen.core.choicemap import ChoiceMap, format_address, normalize_address
 from probgen.core.errors import AddressError, ArgumentError, ConstraintError, MissingChoiceError, StrategyError
 from probgen.core.gfi import GenerativeFunction, Mode, add_extras, zero
+from probgen.core.keys import is_particle_key, stream_key, threefry_key
 from probgen.core.trace import Trace
 from probgen.distributions import protocol
 from probgen.distributions.strategies import PATH
@@ -63,7 +64,7 @@ class _Handler:
 
     def __init__(self, gf_name: str, key, constraints: ChoiceMap, mode: Mode):
         self.gf_name = gf_name
-        self.key = key
+        self.key = stream_key(key)  # the same draws as ``key``, hashed by probgen's unrolled threefry
         self.constraints = constraints
         self.mode = mode
         self.entries: dict[tuple[str, ...], Any] = {}
@@ -221,6 +222,16 @@ class _Handler:
         return value
 
     def _draw(self, full, dist, strategy, options, key):
+        try:
+            return self._draw_with(full, dist, strategy, options, key)
+        except NotImplementedError as err:
+            # jax.random.poisson accepts threefry keys only: give the site the plain threefry
+            # key its stream stands for (the same key for index 0, so the same draws).
+            if "threefry2x32" not in str(err) or not is_particle_key(key):
+                raise
+            return self._draw_with(full, dist, strategy, options, threefry_key(key))
+
+    def _draw_with(self, full, dist, strategy, options, key):
         interceptor = handlers.interceptor()
         if interceptor is not None:
             site = handlers.Site(full, dist, strategy, options, handlers.combinators())

@@ -100,6 +100,48 @@ def is_particle_key(key) -> bool:
             and jax.random.key_impl(key) == STREAM_IMPL)
 
 
+def _typed(key, where: str):
+    """``key`` as a typed key (a raw ``PRNGKey`` becomes a threefry key)."""
+    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if key.shape[-1:] != (2,) or key.dtype != jnp.uint32:
+            raise ArgumentError(
+                f"{where}: key must be a JAX PRNG key (jax.random.key), got a {key.dtype} "
+                f"array of shape {tuple(key.shape)}")
+        key = jax.random.wrap_key_data(key, impl="threefry2x32")
+    return key
+
+
+def stream_key(key: jax.Array) -> jax.Array:
+    """A threefry ``key`` as the particle-key implementation's index 0: the same draws and
+    derivations bit for bit, hashed by the unrolled :func:`threefry2x32` (faster to compile
+    and to run on CPU than JAX's rolled loop). Other keys are returned as they are."""
+    if key is None:
+        return None
+    key = _typed(key, "stream_key")
+    if str(jax.random.key_impl(key)) != "threefry2x32":
+        return key
+    data = jax.random.key_data(key)
+    index = jnp.zeros(data.shape[:-1] + (1,), _U32)
+    return jax.random.wrap_key_data(jnp.concatenate([data, index], axis=-1), impl=STREAM_IMPL)
+
+
+def _shared(data):
+    """The threefry key data a particle key's stream stands for: index 0 is the key itself,
+    another index is folded in (at the counter word no draw reaches)."""
+    folded = jnp.stack(threefry2x32(data[..., 0], data[..., 1], data[..., 2], _LAST), axis=-1)
+    return jnp.where((data[..., 2] == 0)[..., None], data[..., :2], folded)
+
+
+def threefry_key(key: jax.Array) -> jax.Array:
+    """A particle key as a plain threefry key with a stream of its own, for the few
+    ``jax.random`` functions that accept no other implementation (``poisson``). A key of
+    index 0 (:func:`stream_key`) gives back the threefry key it was made from."""
+    if not is_particle_key(key):
+        return key
+    return jax.random.wrap_key_data(_shared(jax.random.key_data(key)), impl="threefry2x32")
+
+
 def particle_keys(key: jax.Array, n: int) -> jax.Array:
     """``n`` independent keys, one per particle, for ``jax.vmap`` over particles.
 
@@ -125,21 +167,14 @@ def particle_keys(key: jax.Array, n: int) -> jax.Array:
     n = static_int(n, "n", "particle_keys", minimum=1)
     if n >= 2**32 - 1:
         raise ArgumentError(f"particle_keys: n={n} particles; at most 2**32 - 2 fit in a key's index")
-    key = jnp.asarray(key) if not hasattr(key, "dtype") else key
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-        if key.shape[-1:] != (2,) or key.dtype != jnp.uint32:
-            raise ArgumentError(
-                f"particle_keys: key must be a JAX PRNG key (jax.random.key), got a {key.dtype} "
-                f"array of shape {tuple(key.shape)}")
-        key = jax.random.wrap_key_data(key, impl="threefry2x32")
+    key = _typed(key, "particle_keys")
     if key.shape != ():
         raise ArgumentError(
             f"particle_keys takes one key, got a key array of shape {tuple(key.shape)} "
             "(vmap over it to make particles for each)")
     impl = jax.random.key_impl(key)
     if impl == STREAM_IMPL:
-        data = jax.random.key_data(key)
-        shared = jnp.stack(threefry2x32(data[0], data[1], data[2], _LAST))
+        shared = _shared(jax.random.key_data(key))
     elif str(impl) == "threefry2x32":
         shared = jax.random.key_data(key)
     else:

@@ -159,3 +159,33 @@ def test_other_key_implementations_and_bad_keys():
         pg.particle_keys(jax.random.key(0), 0)
     with pytest.raises(pg.ArgumentError, match="PRNG key"):
         pg.particle_keys(jnp.zeros(3), 2)
+
+
+def test_models_draw_what_plain_threefry_keys_draw():
+    # the interpreter hashes with its unrolled threefry (stream_key): the draws are those of
+    # the user's threefry key, site key fold_in(key, site number), bit for bit
+    @pg.gen
+    def model():
+        a = pg.sample("a", pg.Normal(0.0, 1.0))
+        b = pg.sample("b", pg.Gamma(2.0, 1.0))
+        return a + b
+
+    key = jax.random.key(11)
+    trace = model.simulate(key)
+    np.testing.assert_array_equal(trace["a"], jax.random.normal(jax.random.fold_in(key, 1)))
+    np.testing.assert_array_equal(trace["b"], pg.Gamma(2.0, 1.0).sample(jax.random.fold_in(key, 2)))
+
+
+def test_poisson_sites_take_particle_keys():
+    # jax.random.poisson accepts threefry keys only; particle keys fall back to the plain
+    # threefry key their stream stands for, still one stream per particle
+    @pg.gen
+    def counts(rate):
+        return pg.sample("n", pg.Poisson(rate))
+
+    draws = jax.jit(jax.vmap(lambda k: counts.simulate(k, 3.0)["n"]))(pg.particle_keys(jax.random.key(5), 4000))
+    draws = np.asarray(draws, float)
+    assert abs(draws.mean() - 3.0) < 4 * math.sqrt(3.0 / draws.size)
+    assert abs(draws.var() - 3.0) < 0.3
+    plain = counts.simulate(jax.random.key(6), 3.0)["n"]
+    assert int(plain) == int(counts.simulate(pg.core.keys.stream_key(jax.random.key(6)), 3.0)["n"])
