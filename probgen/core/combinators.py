@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
-from jax.extend.core import Var, jaxpr_as_fun
+from jax.extend.core import ClosedJaxpr, Jaxpr, Var, jaxpr_as_fun
 
 from probgen.core import handlers, validation
 from probgen.core.checks import static_int
@@ -198,9 +198,10 @@ class Scan(GenerativeFunction):
 
         inputs = (_split(key, length), constraints, xs)
         with handlers.handle(handlers.CombinatorScope("scan")):
-            init, step, carry_free, step_bytes = _traced_step(body, init, inputs)
+            init, step, new_carry_of, carry_free, step_bytes = _traced_step(body, init, inputs)
             if carry_free and not padded and step_bytes * length <= PARALLEL_SCAN_BYTES:
-                final, (choices, ys, scores, extras, site_scores, weights) = _parallel_scan(step, init, inputs)
+                final, (choices, ys, scores, extras, site_scores, weights) = _parallel_scan(
+                    step, new_carry_of, init, inputs)
             else:
                 final, (choices, ys, scores, extras, site_scores, weights) = jax.lax.scan(
                     step, init, inputs, length=length
@@ -215,10 +216,10 @@ PARALLEL_SCAN_BYTES = 64 * 2**20
 
 
 def _traced_step(body, init, inputs):
-    """The scan body traced once: ``(init, step, carry_free, step_bytes)``.
+    """The scan body traced once: ``(init, step, new_carry_of, carry_free, step_bytes)``.
 
     ``step`` evaluates the traced body (the interpreter runs once, however the step is then
-    batched or scanned). ``carry_free``: the new carry does not depend on the carry the step
+    batched or scanned); ``new_carry_of`` computes only its new carry. ``carry_free``: the new carry does not depend on the carry the step
     gets, decided by following where the input carry flows in the step's jaxpr (through
     nested calls conservatively). Then the steps can run side by side: ``assess`` of a
     state-space model (the carry is a choice the trace holds) or ``generate`` with every
@@ -239,25 +240,38 @@ def _traced_step(body, init, inputs):
         return jax.tree.unflatten(out_tree, evaluate(*jax.tree.leaves((carry, x))))
 
     jaxpr = closed.jaxpr
+    num_carry = len(jax.tree.leaves(shapes[0]))
+    # The new carry alone, for the parallel path's first pass (often just choices it reads).
+    needed = {v for v in jaxpr.outvars[:num_carry] if isinstance(v, Var)}
+    kept = []
+    for eqn in reversed(jaxpr.eqns):
+        if any(v in needed for v in eqn.outvars):
+            kept.append(eqn)
+            needed.update(v for v in eqn.invars if isinstance(v, Var))
+    carry_jaxpr = Jaxpr(jaxpr.constvars, jaxpr.invars, jaxpr.outvars[:num_carry], kept[::-1])
+    evaluate_carry = jaxpr_as_fun(ClosedJaxpr(carry_jaxpr, closed.consts))
+
+    def new_carry_of(carry, x):
+        return jax.tree.unflatten(jax.tree.structure(shapes[0]), evaluate_carry(*jax.tree.leaves((carry, x))))
+
     tainted = set(jaxpr.invars[: len(jax.tree.leaves(init))])
     step_bytes = 0
     for eqn in jaxpr.eqns:
         if any(isinstance(v, Var) and v in tainted for v in eqn.invars):
             tainted.update(eqn.outvars)
         step_bytes += sum(v.aval.size * v.aval.dtype.itemsize for v in eqn.outvars if hasattr(v.aval, "size"))
-    new_carry = jaxpr.outvars[: len(jax.tree.leaves(shapes[0]))]
-    carry_free = not any(isinstance(v, Var) and v in tainted for v in new_carry)
-    return init, step, carry_free, step_bytes
+    carry_free = not any(isinstance(v, Var) and v in tainted for v in jaxpr.outvars[:num_carry])
+    return init, step, new_carry_of, carry_free, step_bytes
 
 
 def _weak(value) -> bool:
     return isinstance(value, (bool, int, float, complex)) or bool(getattr(value, "weak_type", False))
 
 
-def _parallel_scan(step, init, inputs):
+def _parallel_scan(step, new_carry_of, init, inputs):
     """``lax.scan(step, init, inputs)`` for a step whose new carry ignores its carry: the
     carries first (each step from ``init``), then every step from the previous carry, as vmaps."""
-    carries = jax.vmap(lambda s: step(init, s)[0])(inputs)
+    carries = jax.vmap(lambda s: new_carry_of(init, s))(inputs)
     previous = jax.tree.map(lambda c, i: jnp.concatenate([jnp.asarray(i, c.dtype)[None], c[:-1]]), carries, init)
     _, outputs = jax.vmap(step)(previous, inputs)
     return jax.tree.map(lambda c: c[-1], carries), outputs

@@ -42,9 +42,14 @@ def threefry2x32(k0, k1, x0, x1):
     """Threefry-2x32 (20 rounds) of the counter ``(x0, x1)`` under the key ``(k0, k1)``.
 
     Bit for bit the hash of ``jax.random`` (``threefry2x32_p``), unrolled so that XLA fuses it
-    and folds a broadcast key into scalars. Arguments broadcast against each other.
+    and folds a broadcast key into scalars. Arguments broadcast against each other. One jitted
+    function: lowered once per program and shape, however many keys a program derives.
     """
-    k0, k1, x0, x1 = (jnp.asarray(a, _U32) for a in (k0, k1, x0, x1))
+    return _threefry2x32(*(jnp.asarray(a, _U32) for a in (k0, k1, x0, x1)))
+
+
+@jax.jit
+def _threefry2x32(k0, k1, x0, x1):
     ks = (k0, k1, k0 ^ k1 ^ _U32(0x1BD11BDA))
     x0, x1 = x0 + ks[0], x1 + ks[1]
     for block in range(5):
